@@ -1,0 +1,124 @@
+"""Compatibility routes of the earlier stores, as thin adapters over the same `KV` calls.
+
+Two earlier families live here: the named store (`/set/{name}?value=`, `/get/{name}`, `/get`)
+whose `time` is when the value was written (the HLC's physical part), and the expiring store
+(`/set?key=&value=&timeout=`, `/get?key=`, `/delete?key=`, `/all`) whose times are RFC 7231 dates.
+`/set` and `/get` are shared with the task API, which dispatches here on the parameter names.
+"""
+
+from __future__ import annotations
+
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from cluster.errors import NotFound
+from cluster.hlc import wall_seconds_of
+from cluster.http_api import HttpApi, json_response, key_from_path
+from cluster.store import Entry
+
+if TYPE_CHECKING:
+    from cluster.app import Node
+
+
+def http_date(epoch: float) -> str:
+    """RFC 7231 IMF-fixdate, e.g. 'Thu, 11 Jan 2024 21:09:26 GMT'."""
+    return formatdate(epoch, usegmt=True)
+
+
+class CompatApi:
+    def __init__(self, node: Node, api: HttpApi) -> None:
+        self.node = node
+        self.kv = node.kv
+        self.api = api
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/set/{name:.+}", self.set_named),
+            web.get("/get/{name:.+}", self.get_named),
+            web.get("/delete", self.delete_query),
+            web.get("/all", self.all_timed),
+        ]
+
+    def _timed(self, entry: Entry) -> dict[str, Any]:
+        return {"value": entry.value, "time": wall_seconds_of(entry.ts)}
+
+    def _time_out(self, entry: Entry) -> str | None:
+        return http_date(entry.expires) if entry.expires is not None else None
+
+    # --- the named store ------------------------------------------------------------------------
+
+    async def set_named(self, request: web.Request) -> web.Response:
+        name = self.kv.check_key(key_from_path(request, "/set/"))
+        value = self.kv.check_value(request.rel_url.query.get("value"))
+        batch = self.kv.set(name, value)
+        headers = await self.api.replicate(batch)
+        return json_response(
+            {name: {"value": value, "time": wall_seconds_of(batch.ts)}}, headers=headers
+        )
+
+    async def get_named(self, request: web.Request) -> web.Response:
+        name = self.kv.check_key(key_from_path(request, "/get/"))
+        entry = self.kv.get(name)
+        if entry is None:
+            raise NotFound(f"no such key: {name}")
+        return json_response(self._timed(entry))
+
+    async def get_all_timed(self, request: web.Request) -> web.StreamResponse:
+        """`/get` with no parameters: every pair with its write time, streamed."""
+
+        def render(page: list[tuple[str, Entry]]) -> bytes:
+            return orjson.dumps({k: self._timed(e) for k, e in page})[1:-1]
+
+        return await self.api.stream(request, "object", None, None, b'{"data":{', b"}}", render)
+
+    # --- the expiring store ---------------------------------------------------------------------
+
+    async def set_query(self, request: web.Request) -> web.Response:
+        q = request.rel_url.query
+        key = self.kv.check_key(q.get("key"))
+        value = self.kv.check_value(q.get("value"))
+        ttl = self.kv.check_ttl(q.get("timeout"), "timeout")
+        batch = self.kv.set(key, value, ttl)
+        headers = await self.api.replicate(batch)
+        expires = batch.mutations[0].expires
+        return json_response(
+            {
+                "key": key,
+                "message": "Value set successfully",
+                "timeout": http_date(expires) if expires is not None else None,
+                "value": value,
+            },
+            headers=headers,
+        )
+
+    async def get_query(self, request: web.Request) -> web.Response:
+        key = self.kv.check_key(request.rel_url.query.get("key"))
+        entry = self.kv.get(key)
+        if entry is None:
+            raise NotFound(f"no such key: {key}")
+        return json_response(
+            {
+                "current_time": http_date(self.kv.clock.wall()),
+                "time_out": self._time_out(entry),
+                "value": entry.value,
+            }
+        )
+
+    async def delete_query(self, request: web.Request) -> web.Response:
+        key = self.kv.check_key(request.rel_url.query.get("key"))
+        batch = self.kv.delete(key)
+        if batch is None:
+            raise NotFound(f"no such key: {key}")
+        headers = await self.api.replicate(batch)
+        return json_response({"message": "Value deleted successfully"}, headers=headers)
+
+    async def all_timed(self, request: web.Request) -> web.StreamResponse:
+        def render(page: list[tuple[str, Entry]]) -> bytes:
+            return orjson.dumps(
+                {k: {"time_out": self._time_out(e), "value": e.value} for k, e in page}
+            )[1:-1]
+
+        return await self.api.stream(request, "object", None, None, b"{", b"}", render)

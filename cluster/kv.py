@@ -1,0 +1,167 @@
+"""The node's key/value operations: validation, timestamps, and the store, with no IO.
+
+HTTP, the compatibility routes and the line protocol all call this one class, so a key is checked,
+stamped and stored the same way whichever door it came in by. Each write returns the `Batch` it
+produced; the IO layer hands that batch to replication (and, in sync mode, waits for the acks).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from cluster.clock import Clock
+from cluster.errors import BadRequest
+from cluster.hlc import HybridClock
+from cluster.store import Entry, Mutation, Store
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What one client operation wrote: mutations sharing one timestamp, or a clear."""
+
+    ts: int
+    node: str
+    mutations: tuple[Mutation, ...] = ()
+    clear: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_key_length: int = 64
+    max_value_length: int = 256
+    max_ttl: float = 10 * 365 * 86400.0
+
+
+def _utf8_ok(s: str) -> bool:
+    # Lone surrogates cannot be stored and served back as UTF-8 JSON; refuse them at the door.
+    if s.isascii():
+        return True
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class KV:
+    """Validated reads and writes against the store, stamped by this node's HLC."""
+
+    def __init__(
+        self, store: Store, hlc: HybridClock, clock: Clock, node: str, limits: Limits
+    ) -> None:
+        self.store = store
+        self.hlc = hlc
+        self.clock = clock
+        self.node = node
+        self.limits = limits
+
+    # --- validation (raises BadRequest with the contract's code) --------------------------------
+
+    def check_key(self, key: object) -> str:
+        if key is None:
+            raise BadRequest("the key parameter is missing", "MISSING_KEY_PARAM")
+        if not isinstance(key, str):
+            raise BadRequest("the key must be a string", "INVALID_BODY")
+        if not key:
+            raise BadRequest("the key must not be empty", "EMPTY_KEY")
+        if len(key) > self.limits.max_key_length:
+            raise BadRequest(
+                f"the key is {len(key)} characters long; the limit is {self.limits.max_key_length}",
+                "KEY_TOO_LONG",
+            )
+        if not _utf8_ok(key):
+            raise BadRequest("the key is not valid Unicode text", "INVALID_PARAMETER")
+        return key
+
+    def check_value(self, value: object) -> str:
+        if value is None:
+            raise BadRequest("the value parameter is missing", "MISSING_VALUE_PARAM")
+        if not isinstance(value, str):
+            raise BadRequest("the value must be a string", "INVALID_BODY")
+        if len(value) > self.limits.max_value_length:
+            raise BadRequest(
+                f"the value is {len(value)} characters long; the limit is "
+                f"{self.limits.max_value_length}",
+                "VALUE_TOO_LONG",
+            )
+        if not _utf8_ok(value):
+            raise BadRequest("the value is not valid Unicode text", "INVALID_BODY")
+        return value
+
+    def check_ttl(self, ttl: object, name: str = "ttl") -> float | None:
+        """A TTL in seconds from JSON (number) or a query string (text); None means no expiry."""
+        if ttl is None:
+            return None
+        if isinstance(ttl, str):
+            try:
+                ttl = float(ttl)
+            except ValueError:
+                raise BadRequest(
+                    f"{name} must be a number of seconds", "INVALID_PARAMETER"
+                ) from None
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+            raise BadRequest(f"{name} must be a number of seconds", "INVALID_PARAMETER")
+        seconds = float(ttl)
+        if not math.isfinite(seconds) or seconds <= 0 or seconds > self.limits.max_ttl:
+            raise BadRequest(
+                f"{name} must be a positive number of seconds up to {self.limits.max_ttl:g}",
+                "INVALID_PARAMETER",
+            )
+        return seconds
+
+    # --- reads -----------------------------------------------------------------------------------
+
+    def get(self, key: str) -> Entry | None:
+        return self.store.get(key, self.clock.wall())
+
+    def ttl_left(self, entry: Entry) -> float | None:
+        if entry.expires is None:
+            return None
+        return max(0.0, round(entry.expires - self.clock.wall(), 3))
+
+    # --- writes ----------------------------------------------------------------------------------
+
+    def set(self, key: str, value: str, ttl: float | None = None) -> Batch:
+        """Store a validated pair (callers check key and value first)."""
+        ts = self.hlc.now()
+        expires = self.clock.wall() + ttl if ttl is not None else None
+        self.store.apply(key, value, ts, self.node, expires)
+        return Batch(ts, self.node, (Mutation(key, value, ts, self.node, expires),))
+
+    def set_many(self, pairs: Mapping[str, str], ttl: float | None = None) -> Batch:
+        """All pairs under one timestamp: no reader on any node sees some without the others."""
+        return self.write_many(pairs.items(), ttl)
+
+    def write_many(self, ops: Iterable[tuple[str, str | None]], ttl: float | None = None) -> Batch:
+        """Apply sets (value) and deletes (None) in one step with one timestamp (a transaction).
+
+        No await happens here, so no other request interleaves with the batch on this node.
+        """
+        ts = self.hlc.now()
+        expires = self.clock.wall() + ttl if ttl is not None else None
+        node = self.node
+        muts: list[Mutation] = []
+        latest: dict[str, int] = {}
+        for key, value in ops:
+            # Within one timestamp a later op on the same key must win: keep only the last.
+            latest[key] = len(muts)
+            muts.append(Mutation(key, value, ts, node, expires if value is not None else None))
+        final = tuple(m for i, m in enumerate(muts) if latest[m.key] == i)
+        for m in final:
+            self.store.apply(m.key, m.value, ts, node, m.expires)
+        return Batch(ts, node, final)
+
+    def delete(self, key: str) -> Batch | None:
+        """Tombstone a live key; None (nothing written) if it is missing."""
+        if self.get(key) is None:
+            return None
+        ts = self.hlc.now()
+        self.store.apply(key, None, ts, self.node)
+        return Batch(ts, self.node, (Mutation(key, None, ts, self.node),))
+
+    def clear(self) -> Batch:
+        ts = self.hlc.now()
+        self.store.apply_clear(ts, self.node)
+        return Batch(ts, self.node, clear=True)

@@ -1,0 +1,100 @@
+"""Prometheus metrics of one node, in a registry of its own (several nodes can share a process
+in tests).
+
+Request counts and latencies sit on the hot path of every request, so they are kept in plain
+dicts and lists (no locks, no label lookups: a node is single-threaded) and turned into Prometheus
+families only when /metrics is scraped. Store, replication and membership gauges are read at
+scrape time from a callback, so they cost nothing between scrapes.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, disable_created_metrics, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+# Gauges read at scrape time: name -> (help, value).
+GaugeSource = Callable[[], dict[str, tuple[str, float]]]
+
+
+class _Latency:
+    """One route's latency histogram: per-bucket counts (last one is +Inf) and the sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+
+
+class _Collector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._m
+        requests = CounterMetricFamily(
+            "request_count",
+            "HTTP requests served, by route, method and status",
+            labels=["route", "method", "status"],
+        )
+        for (route, method, status), n in sorted(m.request_counts.items()):
+            requests.add_metric([route, method, str(status)], n)
+        yield requests
+        latency = HistogramMetricFamily(
+            "request_latency_seconds", "HTTP request latency in seconds, by route", labels=["route"]
+        )
+        for route, lat in sorted(m.latencies.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), lat.counts, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            latency.add_metric([route], buckets, lat.total)
+        yield latency
+        for name, (help_text, value) in sorted(m.gauges().items()):
+            yield GaugeMetricFamily(name, help_text, value=value)
+
+
+class Metrics:
+    def __init__(self, gauges: GaugeSource) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call] # the *_created series only double the scrape size
+        self.gauges = gauges
+        self.request_counts: dict[tuple[str, str, int], int] = {}
+        self.latencies: dict[str, _Latency] = {}
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.internal_errors = Counter(
+            "internal_error_count",
+            "requests that failed with an unexpected exception (bugs)",
+            registry=self.registry,
+        )
+        self.line_commands = Counter(
+            "line_command_count",
+            "line-protocol commands served, by outcome",
+            ["status"],
+            registry=self.registry,
+        )
+        self.registry.register(_Collector(self))
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        counts = self.request_counts
+        counts[key] = counts.get(key, 0) + 1
+        lat = self.latencies.get(route)
+        if lat is None:
+            lat = self.latencies[route] = _Latency()
+        lat.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        lat.total += seconds
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

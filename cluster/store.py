@@ -1,0 +1,284 @@
+"""The versioned in-memory store: the one place that holds data.
+
+No IO, no clock reads, no async: every method takes the time it needs (`now`, wall seconds) and the
+timestamp of the write (from the HLC), so the same code applies local writes, replicated writes and
+snapshot chunks, and tests drive it directly.
+
+Model
+- An entry is a value (or None: a tombstone), its HLC timestamp, the writer's node name and an
+  optional absolute expiry (epoch seconds). Its *version* is `(ts, node)`: a total order.
+- `apply` is the one merge: the higher version wins, ties cannot happen between different writes
+  (same ts and node means the same write), so merge is commutative, idempotent and associative.
+- Delete writes a tombstone. `clear` sets a range tombstone: every entry with a version at or below
+  it is gone and no write at or below it is accepted, so an old write replicated late cannot
+  resurrect a cleared key.
+- TTL is an absolute expiry replicated with the value. Expired entries are invisible at once
+  (lazy check on read) and are reclaimed by `reclaim_expired`, which turns them into tombstones of
+  the same version (so a late, older write still loses) a bounded number at a time, earliest first.
+- Tombstones are purged by `purge_tombstones(watermark)` once every member has them: the caller
+  decides the watermark.
+
+Invariants
+- `set(self._keys) == set(self._data)`: the sorted key index holds every stored key,
+  tombstones included.
+- `self._tombstones` is exactly the set of keys whose entry is a tombstone.
+- Every entry's version is above `self._clear`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from sortedcontainers import SortedList
+
+from cluster.patterns import Pattern
+
+Version = tuple[int, str]
+ZERO: Version = (0, "")
+
+
+class Entry:
+    """One stored version of a key. Slots keep it at 64 bytes: no per-entry dict."""
+
+    __slots__ = ("expires", "node", "ts", "value")
+
+    def __init__(self, value: str | None, ts: int, node: str, expires: float | None) -> None:
+        self.value = value
+        self.ts = ts
+        self.node = node
+        self.expires = expires
+
+    @property
+    def version(self) -> Version:
+        return (self.ts, self.node)
+
+    def live(self, now: float) -> bool:
+        return self.value is not None and (self.expires is None or self.expires > now)
+
+    def __repr__(self) -> str:
+        return f"Entry({self.value!r}, ts={self.ts}, node={self.node!r}, expires={self.expires})"
+
+
+@dataclass(frozen=True, slots=True)
+class Mutation:
+    """One key's write as it travels (replication, snapshots, transactions). value None = delete."""
+
+    key: str
+    value: str | None
+    ts: int
+    node: str
+    expires: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    keys: int  # stored keys that are not tombstones (expired ones count until reclaimed)
+    tombstones: int
+    expiring: int  # entries with a TTL still pending reclamation
+    clear_ts: int
+
+
+class Store:
+    """Keys to versioned entries, with LWW merge, tombstones, a range tombstone and TTL."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, Entry] = {}
+        self._keys: SortedList = SortedList()
+        self._tombstones: set[str] = set()
+        # (expires, key) in expiry order; stale items (key rewritten) are skipped when popped.
+        self._expiry_heap: list[tuple[float, str]] = []
+        self._clear: Version = ZERO
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def get(self, key: str, now: float) -> Entry | None:
+        """The live entry for `key`, or None if missing, deleted or expired."""
+        entry = self._data.get(key)
+        if entry is None or entry.value is None:
+            return None
+        if entry.expires is not None and entry.expires <= now:
+            return None
+        return entry
+
+    def entry(self, key: str) -> Entry | None:
+        """The stored entry, tombstones and expired ones included (replication and tests)."""
+        return self._data.get(key)
+
+    def __len__(self) -> int:
+        return len(self._data) - len(self._tombstones)
+
+    @property
+    def clear_version(self) -> Version:
+        return self._clear
+
+    def stats(self) -> StoreStats:
+        return StoreStats(
+            keys=len(self._data) - len(self._tombstones),
+            tombstones=len(self._tombstones),
+            expiring=len(self._expiry_heap),
+            clear_ts=self._clear[0],
+        )
+
+    def scan(
+        self,
+        after: str | None,
+        limit: int,
+        now: float,
+        pattern: Pattern | None = None,
+        budget: int = 10_000,
+    ) -> tuple[list[tuple[str, Entry]], str | None]:
+        """Up to `limit` live (key, entry) pairs with key > `after`, in key order.
+
+        Examines at most `budget` stored keys, so one call is bounded even when most keys are
+        tombstones or do not match. Returns the pairs and the key to resume after, or None when
+        the scan reached the end. Because the order is the keys' own order, a key present for the
+        whole scan is returned exactly once, whatever is written meanwhile.
+        """
+        keys = self._keys
+        prefix = pattern.prefix if pattern is not None else ""
+        start = after if after is not None and after >= prefix else None
+        if start is not None:
+            idx = keys.bisect_right(start)
+        else:
+            idx = keys.bisect_left(prefix) if prefix else 0
+        out: list[tuple[str, Entry]] = []
+        examined = 0
+        n = len(keys)
+        data = self._data
+        last: str | None = None
+        while idx < n and len(out) < limit and examined < budget:
+            chunk = keys[idx : idx + min(256, budget - examined)]
+            for key in chunk:
+                examined += 1
+                idx += 1
+                last = key
+                if prefix and not key.startswith(prefix):
+                    return out, None  # past the prefix range: nothing further can match
+                entry = data[key]
+                if (
+                    entry.value is not None
+                    and (entry.expires is None or entry.expires > now)
+                    and (pattern is None or pattern.matches(key))
+                ):
+                    out.append((key, entry))
+                    if len(out) >= limit:
+                        break
+        if idx >= n:
+            return out, None
+        return out, last
+
+    def iter_live(self, now: float, pattern: Pattern | None = None) -> Iterator[tuple[str, Entry]]:
+        """All live pairs in key order, computed page by page (safe to interleave with writes
+        only between pages: callers that await must use `scan` directly)."""
+        after: str | None = None
+        while True:
+            page, after = self.scan(after, 1024, now, pattern)
+            yield from page
+            if after is None:
+                return
+
+    def mutations(self, after: str | None, limit: int) -> tuple[list[Mutation], str | None]:
+        """Stored entries as mutations (tombstones included) in key order: snapshot chunks."""
+        keys = self._keys
+        idx = keys.bisect_right(after) if after is not None else 0
+        chunk = keys[idx : idx + limit]
+        out = []
+        for key in chunk:
+            e = self._data[key]
+            out.append(Mutation(key, e.value, e.ts, e.node, e.expires))
+        nxt = chunk[-1] if chunk and idx + limit < len(keys) else None
+        return out, nxt
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def apply(
+        self, key: str, value: str | None, ts: int, node: str, expires: float | None = None
+    ) -> bool:
+        """Merge one write; True if it won (is now stored), False if an existing version beats it.
+
+        The single merge used for local writes, replication, snapshots and repair.
+        """
+        clear = self._clear
+        if ts < clear[0] or (ts == clear[0] and node <= clear[1]):
+            return False  # at or below the range tombstone: cleared before it arrived
+        data = self._data
+        old = data.get(key)
+        if old is not None:
+            if ts < old.ts or (ts == old.ts and node <= old.node):
+                return False  # an equal or newer version is already here
+            if old.value is None and value is not None:
+                self._tombstones.discard(key)
+        else:
+            self._keys.add(key)
+        if value is None:
+            self._tombstones.add(key)
+        data[key] = Entry(value, ts, sys.intern(node), expires)
+        if expires is not None:
+            heapq.heappush(self._expiry_heap, (expires, key))
+        return True
+
+    def apply_many(self, mutations: Iterable[Mutation]) -> int:
+        """Merge a batch with no interleaving (a transaction or a replication batch)."""
+        applied = 0
+        for m in mutations:
+            applied += self.apply(m.key, m.value, m.ts, m.node, m.expires)
+        return applied
+
+    def apply_clear(self, ts: int, node: str) -> bool:
+        """Merge a range tombstone: drop every entry at or below (ts, node)."""
+        version = (ts, node)
+        if version <= self._clear:
+            return False
+        self._clear = (ts, sys.intern(node))
+        survivors = {k: e for k, e in self._data.items() if (e.ts, e.node) > version}
+        if not survivors:
+            self._data = {}
+            self._keys = SortedList()
+            self._tombstones = set()
+            self._expiry_heap = []
+            return True
+        self._data = survivors
+        self._keys = SortedList(survivors)
+        self._tombstones = {k for k, e in survivors.items() if e.value is None}
+        self._expiry_heap = [(e.expires, k) for k, e in survivors.items() if e.expires is not None]
+        heapq.heapify(self._expiry_heap)
+        return True
+
+    # --- background reclamation ---------------------------------------------------------------
+
+    def reclaim_expired(self, now: float, budget: int = 1000) -> int:
+        """Turn up to `budget` expired entries into tombstones (earliest expiry first).
+
+        The tombstone keeps the entry's version, so an older write that arrives later still loses,
+        and it is purged later like any tombstone. Bounded work: never stalls requests.
+        """
+        heap = self._expiry_heap
+        data = self._data
+        done = 0
+        while heap and done < budget and heap[0][0] <= now:
+            expires, key = heapq.heappop(heap)
+            entry = data.get(key)
+            if entry is None or entry.value is None or entry.expires != expires:
+                continue  # rewritten or deleted since: a stale heap item
+            data[key] = Entry(None, entry.ts, entry.node, None)
+            self._tombstones.add(key)
+            done += 1
+        return done
+
+    def purge_tombstones(self, watermark: int, budget: int = 10_000) -> int:
+        """Forget up to `budget` tombstones older than `watermark` (a timestamp every member has
+        passed). After that no member can still send an older write for those keys."""
+        purged = 0
+        for key in list(self._tombstones):
+            if purged >= budget:
+                break
+            entry = self._data[key]
+            if entry.ts < watermark:
+                del self._data[key]
+                self._keys.remove(key)
+                self._tombstones.discard(key)
+                purged += 1
+        return purged
