@@ -17,14 +17,24 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from cluster import antientropy
+from cluster.admin_api import AdminApi
 from cluster.clock import Clock, SystemClock
 from cluster.compat import CompatApi
 from cluster.config import Config
+from cluster.errors import NoSeedReachable
+from cluster.gossip import GOSSIP_KEY, PUSH_PULL_ROUTE, Gossip, handle_push_pull
 from cluster.hlc import HybridClock
 from cluster.http_api import HttpApi
+from cluster.internal_api import InternalApi
 from cluster.kv import KV, Batch, Limits
+from cluster.line_protocol import start_line_server
+from cluster.membership import ALIVE, DEAD, LEFT, SUSPECT, Member, MemberEvent
 from cluster.metrics import Metrics
+from cluster.peer_client import PeerClient, PeerError
+from cluster.replication import Replicator
 from cluster.store import Store
+from cluster.suspicion import GossipParams
 
 logger = logging.getLogger(__name__)
 
@@ -49,20 +59,138 @@ class Node:
             self.config.name,
             Limits(config.max_key_length, config.max_value_length, config.max_ttl),
         )
+        self.client = PeerClient(self.config.name, config.cluster_key)
+        self.replicator = Replicator(
+            self.config.name,
+            self.store,
+            self.hlc,
+            self.client,
+            sync=config.write_mode == "sync",
+            timeout=config.replication_timeout,
+            max_hints=config.max_hints,
+        )
+        self.gossip = Gossip(
+            self.config,
+            self.clock,
+            self.rng,
+            self.config.name,
+            self.config.advertise,
+            config.cluster_key,
+            gossip_params(self.config),
+        )
+        self.gossip.add_listener(self.on_member_event)
         self.metrics = Metrics(self.gauges)
         self.api = HttpApi(self)
         self.compat = CompatApi(self, self.api)
+        self.internal = InternalApi(self)
+        self.admin = AdminApi(self)
+        self.repairs = 0
+        self.repair_failures = 0
+        # A node told to join serves clients only once it has joined and streamed a snapshot.
+        self.ready = not self.config.join
+        self._join_task: asyncio.Task[None] | None = None
+
+    # --- membership ----------------------------------------------------------------------------
+
+    def members(self) -> list[Member]:
+        return self.gossip.members()
 
     def alive_members(self) -> int:
         """Members currently alive, this node included (a mesh of one until joined)."""
-        return 1
+        return sum(1 for m in self.gossip.members() if m.state == ALIVE)
+
+    def on_member_event(self, event: MemberEvent) -> None:
+        """Replicate to members that are up; stop for those down, forget those gone."""
+        if event.name == self.config.name:
+            return
+        if event.new_state in (ALIVE, SUSPECT):
+            # A suspect may be alive: keep its queue going until it is declared dead.
+            self.replicator.peer_up(event.name, event.address)
+        elif event.new_state == DEAD:
+            asyncio.get_running_loop().create_task(self.replicator.peer_down(event.name))
+        else:  # left, removed or forgotten: it no longer holds back tombstone purging
+            asyncio.get_running_loop().create_task(
+                self.replicator.peer_down(event.name, forget=True)
+            )
+
+    async def start_mesh(self, http_port: int) -> None:
+        """Start gossip (UDP on the HTTP port) and, if told to, join in the background."""
+        await self.gossip.start(port=http_port)
+        if self.config.join:
+            self._join_task = asyncio.create_task(self._join_at_start(), name="join")
+
+    async def stop_mesh(self, leave: bool = True) -> None:
+        if self._join_task is not None:
+            self._join_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._join_task
+        if leave and self.gossip.members() and len(self.gossip.members()) > 1:
+            await self.gossip.leave()
+            await asyncio.sleep(0.05)  # let the leave datagrams go out
+        await self.gossip.stop()
+
+    async def _join_at_start(self) -> None:
+        """--join: retry until a seed answers (seeds may start after us), then sync."""
+        delay = 0.2
+        while True:
+            try:
+                await self.join(list(self.config.join))
+                return
+            except NoSeedReachable as exc:
+                logger.warning("node=%s %s; retrying in %.1fs", self.config.name, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(5.0, delay * 2)
+
+    async def join(self, seeds: list[str]) -> None:
+        """Join the mesh through `seeds`, then stream a snapshot; NoSeedReachable if none answer."""
+        if not await self.gossip.join(seeds, timeout=self.config.join_timeout):
+            raise NoSeedReachable(f"none of the seeds answered: {', '.join(seeds)}")
+        await self.sync()
+
+    async def sync(self) -> None:
+        """Stream a snapshot from a live peer (trying each in turn), then serve clients."""
+        peers = [m for m in self.gossip.alive_peers() if m.name != self.config.name]
+        self.rng.shuffle(peers)
+        for peer in peers:
+            started = self.clock.monotonic()
+            try:
+                got = await antientropy.pull_snapshot(
+                    self.store, self.hlc, self.client, peer.address
+                )
+            except (PeerError, antientropy.DecodeError) as exc:
+                logger.warning(
+                    "node=%s peer=%s snapshot failed: %s", self.config.name, peer.name, exc
+                )
+                continue
+            logger.info(
+                "node=%s peer=%s synced %d entries in %.2fs",
+                self.config.name,
+                peer.name,
+                got,
+                self.clock.monotonic() - started,
+            )
+            break
+        self.ready = True
+
+    async def leave(self) -> None:
+        """Leave the mesh (peers see `left`) and carry on as a mesh of one."""
+        await self.gossip.leave()
+        await self.replicator.close()
+
+    async def remove(self, name: str) -> bool:
+        """Remove a member everywhere; False if there is no such member."""
+        if not self.gossip.remove(name):
+            return False
+        await self.replicator.peer_down(name, forget=True)
+        return True
 
     async def replicate(self, batch: Batch) -> tuple[int, int]:
-        """Send a local write to the peers; returns (nodes that applied it, nodes expected).
+        """Send a local write to the peers; returns (nodes that applied it, nodes expected)."""
+        return await self.replicator.replicate(batch)
 
-        A mesh of one has no peers: the write is complete once applied here.
-        """
-        return 1, 1
+    def member_names(self) -> list[str]:
+        """Every member that tombstone purging must wait for (self, live and down peers)."""
+        return [m.name for m in self.gossip.members() if m.state != LEFT]
 
     def gauges(self) -> dict[str, tuple[str, float]]:
         stats = self.store.stats()
@@ -72,6 +200,19 @@ class Node:
             "store_expiring": ("entries with a pending TTL", stats.expiring),
             "membership_alive_members": ("members alive, self included", self.alive_members()),
             "hlc_last_wall_ms": ("physical part of the last HLC timestamp", self.hlc.last >> 16),
+            "antientropy_repairs": ("anti-entropy rounds that found differences", self.repairs),
+            "antientropy_failures": ("anti-entropy rounds that failed", self.repair_failures),
+            "internal_rejected_unauthenticated": (
+                "node-to-node requests refused for a bad signature",
+                self.internal.rejected_unauthenticated,
+            ),
+            "internal_rejected_malformed": (
+                "node-to-node requests refused as malformed",
+                self.internal.rejected_malformed,
+            ),
+        } | {
+            name: (name.replace("_", " "), v)
+            for name, v in (self.replicator.stats() | self.gossip.counters()).items()
         }
 
     # --- background loops ------------------------------------------------------------------------
@@ -93,14 +234,58 @@ class Node:
             self.store.purge_tombstones(self.purge_watermark())
 
     def purge_watermark(self) -> int:
-        return self.hlc.last
+        return self.replicator.purge_watermark(self.member_names())
+
+    async def antientropy_loop(self) -> None:
+        """Every interval, compare digests with one random live peer and repair differences."""
+        while True:
+            await asyncio.sleep(self.config.antientropy_interval)
+            await self.repair_once()
+
+    async def repair_once(self) -> antientropy.RepairResult | None:
+        links = list(self.replicator.links.values())
+        if not links:
+            return None
+        link = self.rng.choice(links)
+        started = self.hlc.last
+        try:
+            result = await antientropy.repair_with(self.store, self.hlc, self.client, link.address)
+        except (PeerError, antientropy.DecodeError) as exc:
+            self.repair_failures += 1
+            logger.debug(
+                "node=%s peer=%s anti-entropy failed: %s", self.config.name, link.name, exc
+            )
+            return None
+        if result.complete:
+            link.repaired(started)
+        if result.differing:
+            self.repairs += 1
+            logger.info(
+                "node=%s peer=%s anti-entropy: %d buckets differed, sent %d, got %d, applied %d",
+                self.config.name,
+                link.name,
+                result.differing,
+                result.sent,
+                result.received,
+                result.applied,
+            )
+        return result
 
     async def background(self, app: web.Application) -> AsyncIterator[None]:
+        line_server = None
+        if self.config.tcp_port != 0:
+            line_server = await start_line_server(self, self.config.host, self.config.tcp_port)
+        await self.client.start()
         tasks = [
             asyncio.create_task(self.expire_loop(), name="expire"),
             asyncio.create_task(self.tombstone_loop(), name="tombstones"),
+            asyncio.create_task(self.antientropy_loop(), name="antientropy"),
         ]
         yield
+        if line_server is not None:
+            await line_server.close()  # its pending writes finish replicating first
+        await self.replicator.close()
+        await self.client.close()
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -115,6 +300,10 @@ def build_app(node: Node) -> web.Application:
     app[NODE_KEY] = node
     app.add_routes(node.api.routes())
     app.add_routes(node.compat.routes())
+    app.add_routes(node.internal.routes())
+    app.add_routes(node.admin.routes())
+    app[GOSSIP_KEY] = node.gossip
+    app.router.add_post(PUSH_PULL_ROUTE, handle_push_pull)
     app.cleanup_ctx.append(node.background)
     return app
 
@@ -123,10 +312,16 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     """Run a node until SIGTERM/SIGINT (or `stop` is set), then shut down cleanly."""
     node = Node(config)
     app = build_app(node)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # A request line must hold the longest valid key and value, percent-encoded (12 bytes for a
+    # 4-byte UTF-8 character), so that limits are answered by our JSON errors, not the parser's.
+    max_line = max(8190, 12 * (node.config.max_key_length + node.config.max_value_length) + 1024)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, max_line_size=max_line, max_field_size=max_line
+    )
     await runner.setup()
     site = web.TCPSite(runner, node.config.host, node.config.port, reuse_address=True)
     await site.start()
+    await node.start_mesh(bound_port(runner, node.config.port))
     stop = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -144,4 +339,29 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        await node.stop_mesh(leave=True)  # peers see `left`, not a failure
         await runner.cleanup()
+
+
+def bound_port(runner: web.AppRunner, configured: int) -> int:
+    """The HTTP port actually bound (the configured one, or the one picked for port 0)."""
+    if configured:
+        return configured
+    for address in runner.addresses:
+        if isinstance(address, tuple):
+            return int(address[1])
+    raise RuntimeError("the HTTP site has no bound address")
+
+
+def gossip_params(config: Config) -> GossipParams:
+    """Membership timing from the node's options; the rest follows from the probe interval."""
+    return GossipParams(
+        probe_interval=config.probe_interval,
+        probe_timeout=config.probe_timeout,
+        suspicion_mult=config.suspicion_mult,
+        gossip_interval=config.gossip_interval,
+        push_pull_interval=config.push_pull_interval,
+        reconnect_interval=config.push_pull_interval,
+        gossip_to_dead_time=30 * config.probe_interval,
+        push_pull_timeout=max(1.0, 10 * config.probe_interval),
+    )

@@ -36,8 +36,9 @@ class CompatApi:
 
     def routes(self) -> list[web.RouteDef]:
         return [
-            web.get("/set/{name:.+}", self.set_named),
-            web.get("/get/{name:.+}", self.get_named),
+            # Any characters, newlines too; `/get/` is the empty key (EMPTY_KEY), as `/keys/` is.
+            web.get(r"/set/{name:[\s\S]*}", self.set_named),
+            web.get(r"/get/{name:[\s\S]*}", self.get_named),
             web.get("/delete", self.delete_query),
             web.get("/all", self.all_timed),
         ]

@@ -38,6 +38,15 @@ class Config:
     line_max_bytes: int = 1024 * 1024  # bytes; longer protocol lines get an Error and are skipped
     line_idle_timeout: float = 300.0  # seconds a line-protocol client may stay silent
     txn_max_writes: int = 10_000  # buffered writes per transaction before it is aborted
+    replication_timeout: float = 2.0  # seconds a sync write waits for peer acks
+    max_hints: int = 100_000  # writes queued per unreachable peer before anti-entropy takes over
+    antientropy_interval: float = 10.0  # seconds between digest comparisons with a random peer
+    probe_interval: float = 1.0  # seconds between gossip failure probes (memberlist LAN)
+    probe_timeout: float = 0.5  # seconds to wait for a direct ack before indirect probes
+    suspicion_mult: int = 4  # suspicion timeout = mult * log10(n) * probe interval
+    gossip_interval: float = 0.2  # seconds between gossip dissemination rounds
+    push_pull_interval: float = 30.0  # seconds between full state exchanges with a peer
+    join_timeout: float = 5.0  # seconds a join waits for a seed to answer
     clock_offset: float = 0.0  # seconds added to the wall clock (fault tests simulate skew)
     seed: int | None = None  # seeds the node's random.Random; None = from the OS
     log_level: str = "INFO"
@@ -54,6 +63,17 @@ class Config:
             raise ConfigError("--max-key-length must be >= 1 and --max-value-length >= 0")
         if self.max_body_bytes < 1024:
             raise ConfigError("--max-body-bytes must be at least 1024")
+        if self.replication_timeout <= 0 or self.antientropy_interval <= 0 or self.max_hints < 1:
+            raise ConfigError(
+                "--replication-timeout and --antientropy-interval must be positive, "
+                "--max-hints at least 1"
+            )
+        if not 0 < self.probe_timeout < self.probe_interval:
+            raise ConfigError("--probe-timeout must be positive and below --probe-interval")
+        if self.suspicion_mult < 1 or self.gossip_interval <= 0 or self.push_pull_interval <= 0:
+            raise ConfigError("gossip intervals must be positive and --suspicion-mult >= 1")
+        if self.join_timeout <= 0:
+            raise ConfigError("--join-timeout must be positive")
         if self.max_clock_offset <= 0:
             raise ConfigError("--max-clock-offset must be positive")
         for seed in self.join:
@@ -71,7 +91,19 @@ class Config:
     @classmethod
     def for_tests(cls, **overrides: Any) -> Config:
         """Fast intervals, any free port, no line protocol unless asked for."""
-        base: dict[str, Any] = {"port": 0, "tcp_port": 0, "seed": 1, "expire_interval": 0.01}
+        base: dict[str, Any] = {
+            "port": 0,
+            "tcp_port": 0,
+            "seed": 1,
+            "expire_interval": 0.01,
+            "replication_timeout": 1.0,
+            "antientropy_interval": 0.2,
+            "probe_interval": 0.1,
+            "probe_timeout": 0.05,
+            "gossip_interval": 0.02,
+            "push_pull_interval": 0.5,
+            "join_timeout": 2.0,
+        }
         base.update(overrides)
         return cls(**base)
 
@@ -82,7 +114,9 @@ class Config:
         parser = _build_parser(env)
         try:
             ns = parser.parse_args(list(argv))
-        except SystemExit as exc:  # argparse already printed the reason
+        except SystemExit as exc:  # argparse already printed the reason (or the help)
+            if exc.code == 0:
+                raise  # --help: printed what was asked for; not an error
             raise ConfigError("invalid command line") from exc
         join = tuple(s.strip() for s in (ns.join or "").split(",") if s.strip())
         cfg = cls(
@@ -99,6 +133,15 @@ class Config:
             write_mode=ns.write_mode,
             max_body_bytes=ns.max_body_bytes,
             max_clock_offset=ns.max_clock_offset,
+            replication_timeout=ns.replication_timeout,
+            max_hints=ns.max_hints,
+            antientropy_interval=ns.antientropy_interval,
+            probe_interval=ns.probe_interval,
+            probe_timeout=ns.probe_timeout,
+            suspicion_mult=ns.suspicion_mult,
+            gossip_interval=ns.gossip_interval,
+            push_pull_interval=ns.push_pull_interval,
+            join_timeout=ns.join_timeout,
             clock_offset=ns.clock_offset,
             seed=ns.seed,
             log_level=ns.log_level,
@@ -133,6 +176,15 @@ _OPTIONS: list[tuple[str, type, Any, str]] = [
     ("write-mode", str, "sync", "sync: ack once every live peer applied; async: once local"),
     ("max-body-bytes", int, 8 * 1024 * 1024, "largest accepted HTTP body in bytes"),
     ("max-clock-offset", float, 0.5, "seconds a remote clock may be ahead before refusal"),
+    ("replication-timeout", float, 2.0, "seconds a sync write waits for peer acks"),
+    ("max-hints", int, 100_000, "writes queued per unreachable peer before anti-entropy"),
+    ("antientropy-interval", float, 10.0, "seconds between anti-entropy rounds"),
+    ("probe-interval", float, 1.0, "seconds between gossip failure probes"),
+    ("probe-timeout", float, 0.5, "seconds to wait for a probe's ack before indirect probes"),
+    ("suspicion-mult", int, 4, "suspicion timeout multiplier"),
+    ("gossip-interval", float, 0.2, "seconds between gossip rounds"),
+    ("push-pull-interval", float, 30.0, "seconds between full membership state exchanges"),
+    ("join-timeout", float, 5.0, "seconds a join waits for a seed to answer"),
     ("clock-offset", float, 0.0, "seconds added to this node's wall clock (testing skew)"),
     ("seed", int, None, "seed for the node's random number generator"),
     ("log-level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),

@@ -8,6 +8,7 @@
     ├── MethodNotAllowed (405)   METHOD_NOT_ALLOWED
     ├── Unauthorized (401)       UNAUTHORIZED
     ├── NoSeedReachable (502)    NO_SEED_REACHABLE
+    ├── Unavailable (503)        UNAVAILABLE: the node is still joining (streaming its snapshot)
     └── Internal (500)           INTERNAL: a bug; logged with a traceback and counted
 
 `STATUS` maps every code to its HTTP status; `http_api` is the only place that turns an error into
@@ -33,6 +34,7 @@ STATUS: Final[dict[str, int]] = {
     "METHOD_NOT_ALLOWED": 405,
     "UNAUTHORIZED": 401,
     "NO_SEED_REACHABLE": 502,
+    "UNAVAILABLE": 503,
     "INTERNAL": 500,
 }
 
@@ -77,6 +79,10 @@ class Unauthorized(KVError):
 
 class NoSeedReachable(KVError):
     code = "NO_SEED_REACHABLE"
+
+
+class Unavailable(KVError):
+    code = "UNAVAILABLE"
 
 
 class Internal(KVError):

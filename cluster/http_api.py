@@ -14,12 +14,12 @@ import binascii
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_to_bytes
 
 import orjson
 from aiohttp import web
 
-from cluster.errors import STATUS, BadRequest, Internal, KVError, NotFound
+from cluster.errors import STATUS, BadRequest, Internal, KVError, NotFound, Unavailable
 from cluster.kv import Batch
 from cluster.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from cluster.patterns import Pattern, compile_pattern
@@ -35,6 +35,9 @@ MAX_PAGE = 10_000
 STREAM_PAGE = 1_000
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Served while the node is still joining: operations, membership and node-to-node routes.
+_ALWAYS_SERVED = ("/health", "/metrics", "/cluster/", "/internal/")
 
 # aiohttp raises these for routing and body-size failures; they map onto the contract's codes.
 _HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "BODY_TOO_LARGE"}
@@ -57,13 +60,17 @@ def encode_cursor(key: str) -> str:
 
 
 def decode_cursor(cursor: str) -> str:
+    """The key a cursor resumes after. Strict: only what `encode_cursor` could have produced (a
+    canonical unpadded base64url of a non-empty UTF-8 key) is accepted, so a mangled cursor is an
+    error instead of silently restarting or skipping part of the scan."""
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        return raw.decode("utf-8")
+        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
+        key = raw.decode("utf-8")
     except (binascii.Error, ValueError):
-        raise BadRequest(
-            "cursor is not a cursor this server returned", "INVALID_PARAMETER"
-        ) from None
+        key = ""
+    if not key or encode_cursor(key) != cursor:
+        raise BadRequest("cursor is not a cursor this server returned", "INVALID_PARAMETER")
+    return key
 
 
 def key_from_path(request: web.Request, prefix: str) -> str:
@@ -74,6 +81,20 @@ def key_from_path(request: web.Request, prefix: str) -> str:
         return unquote(raw, encoding="utf-8", errors="strict")
     except UnicodeDecodeError:
         raise BadRequest("the key is not valid UTF-8", "INVALID_PARAMETER") from None
+
+
+def check_query_utf8(raw_query: str) -> None:
+    """Refuse a query string whose percent-escapes are not UTF-8: decoding it would silently
+    substitute U+FFFD and store or read a different key (the path is decoded strictly too).
+
+    Checking the whole string is exact: `&`, `=` and `+` are ASCII, which never occurs inside a
+    multi-byte sequence. Only strings with an escape are decoded, so the hot path pays one scan.
+    """
+    if "%" in raw_query:
+        try:
+            unquote_to_bytes(raw_query).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("the query string is not valid UTF-8", "INVALID_PARAMETER") from None
 
 
 def parse_limit(raw: str | None) -> int | None:
@@ -129,6 +150,9 @@ class HttpApi:
         start = monotonic()
         resp: web.StreamResponse
         try:
+            if not self.node.ready and not request.path.startswith(_ALWAYS_SERVED):
+                raise Unavailable("this node is joining the mesh and not synced yet; retry")
+            check_query_utf8(request.rel_url.raw_query_string)
             resp = await handler(request)
         except KVError as exc:
             resp = error_response(exc)
@@ -167,9 +191,10 @@ class HttpApi:
 
     def routes(self) -> list[web.RouteDef]:
         return [
-            web.get("/keys/{key:.+}", self.get_key),
-            web.put("/keys/{key:.+}", self.put_key),
-            web.delete("/keys/{key:.+}", self.delete_key),
+            # Any characters, newlines too; `/keys/` is the empty key (EMPTY_KEY), not a 404.
+            web.get(r"/keys/{key:[\s\S]*}", self.get_key),
+            web.put(r"/keys/{key:[\s\S]*}", self.put_key),
+            web.delete(r"/keys/{key:[\s\S]*}", self.delete_key),
             web.get("/keys", self.list_keys),
             web.put("/keys", self.put_many),
             web.delete("/keys", self.clear_keys),
@@ -204,11 +229,19 @@ class HttpApi:
             raise BadRequest(
                 'the body must be a JSON object: {"value": "...", "ttl": seconds}', "INVALID_BODY"
             )
-        value = self.kv.check_value(body.get("value"))
+        if "value" not in body:
+            raise BadRequest('the body has no "value"', "MISSING_VALUE_PARAM")
+        value = self._body_value(body["value"])
         ttl = self._ttl_of(body.get("ttl"), body.get("expire_in"))
         batch = self.kv.set(key, value, ttl)
         headers = await self.replicate(batch)
         return json_response({"key": key, "value": value, "ttl": ttl}, headers=headers)
+
+    def _body_value(self, value: object) -> str:
+        """A value given in a JSON body: null there is a non-string value, not a missing one."""
+        if value is None:
+            raise BadRequest("the value must be a string, not null", "INVALID_BODY")
+        return self.kv.check_value(value)
 
     def _ttl_of(self, ttl: object, expire_in: object) -> float | None:
         if ttl is not None and expire_in is not None:
@@ -233,7 +266,7 @@ class HttpApi:
             raise BadRequest(
                 'the body must be a JSON object of pairs: {"k1": "v1", ...}', "INVALID_BODY"
             )
-        check_key, check_value = self.kv.check_key, self.kv.check_value
+        check_key, check_value = self.kv.check_key, self._body_value
         pairs = {check_key(k): check_value(v) for k, v in body.items()}  # all checked first
         batch = self.kv.set_many(pairs, ttl)
         headers = await self.replicate(batch)
@@ -248,7 +281,7 @@ class HttpApi:
         pattern = parse_filter(q.get("filter"))
         limit = parse_limit(q.get("limit"))
         cursor = q.get("cursor")
-        after = decode_cursor(cursor) if cursor else None
+        after = decode_cursor(cursor) if cursor is not None else None
         if limit is None:
             return await self.stream(
                 request, "object", after, pattern, b'{"data":{', b'},"next_cursor":null}'
@@ -360,14 +393,16 @@ class HttpApi:
     # --- operations ------------------------------------------------------------------------------
 
     async def health(self, request: web.Request) -> web.Response:
+        """200 "ok" when serving; 503 "syncing" while joining (balancers skip the node)."""
         node = self.node
         return json_response(
             {
-                "status": "ok",
+                "status": "ok" if node.ready else "syncing",
                 "name": node.config.name,
                 "members": node.alive_members(),
                 "keys": len(self.kv.store),
-            }
+            },
+            status=200 if node.ready else 503,
         )
 
     async def metrics(self, request: web.Request) -> web.Response:

@@ -10,11 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cluster.clock import Clock
 from cluster.errors import BadRequest
 from cluster.hlc import HybridClock
 from cluster.store import Entry, Mutation, Store
+
+if TYPE_CHECKING:  # the protocol only: the clock itself is injected (cluster.clock reads time)
+    from cluster.clock import Clock
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,7 +72,7 @@ class Metrics:
         self.gauges = gauges
         self.request_counts: dict[tuple[str, str, int], int] = {}
         self.latencies: dict[str, _Latency] = {}
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = CollectorRegistry(auto_describe=False)
         self.internal_errors = Counter(
             "internal_error_count",
             "requests that failed with an unexpected exception (bugs)",

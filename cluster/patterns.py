@@ -1,8 +1,14 @@
 """Key filters: the wildcard patterns of `GET /keys?filter=...`.
 
 `*` and `$` match any run of characters (also none), `?` exactly one; everything else is literal.
-A pattern compiles to a regular expression plus its literal prefix, so that a scan over sorted keys
-can jump to the first candidate instead of testing every key.
+A pattern compiles to its literal prefix, so that a scan over sorted keys can jump to the first
+candidate instead of testing every key, and to the fixed-length pieces between its runs of `*`/`$`.
+
+Matching does not hand the whole pattern to `re` as `a.*b.*c`: a backtracking engine takes
+exponential time on `a*a*a*...b` against a run of `a`s, and a filter is user input run on the
+event loop. Instead the first piece is matched at the start, the last at the end, and each one
+between at its leftmost occurrence after the previous one (leftmost is always safe for pieces of
+fixed length), so a match costs O(len(pattern) * len(key)) at worst.
 """
 
 from __future__ import annotations
@@ -12,30 +18,52 @@ from dataclasses import dataclass
 
 MAX_PATTERN_LENGTH = 1024
 _WILDCARDS = frozenset("*$?")
+_STARS = re.compile(r"[*$]+")
+
+
+def _piece(source: str) -> re.Pattern[str]:
+    """A piece without `*`/`$`: literals and `?` (one character, newlines included)."""
+    return re.compile("".join("." if ch == "?" else re.escape(ch) for ch in source), re.DOTALL)
 
 
 @dataclass(frozen=True, slots=True)
 class Pattern:
     source: str
     prefix: str  # every matching key starts with this
-    regex: re.Pattern[str]
+    head: re.Pattern[str]  # matched at the start of the key
+    head_len: int
+    middle: tuple[re.Pattern[str], ...]  # each matched leftmost, in order, after the head
+    tail: re.Pattern[str] | None  # matched at the end; None: no `*` at all (head is everything)
+    tail_len: int
 
     def matches(self, key: str) -> bool:
-        return self.regex.fullmatch(key) is not None
+        if self.tail is None:
+            return len(key) == self.head_len and self.head.match(key) is not None
+        end = len(key) - self.tail_len
+        if end < self.head_len or self.head.match(key) is None:
+            return False
+        if self.tail_len and self.tail.match(key, end) is None:
+            return False
+        pos = self.head_len
+        for piece in self.middle:
+            found = piece.search(key, pos, end)
+            if found is None:
+                return False
+            pos = found.end()
+        return True
 
 
 def compile_pattern(source: str) -> Pattern:
     """Compile a wildcard pattern; ValueError if it is too long to be a sane filter."""
     if len(source) > MAX_PATTERN_LENGTH:
         raise ValueError(f"filter is longer than {MAX_PATTERN_LENGTH} characters")
-    parts: list[str] = []
-    prefix_end = len(source)
-    for i, ch in enumerate(source):
-        if ch in _WILDCARDS:
-            prefix_end = min(prefix_end, i)
-            parts.append(".*" if ch != "?" else ".")
-        else:
-            parts.append(re.escape(ch))
-    # Collapse runs of '.*' so that '***a' cannot cost more than '*a' to match.
-    regex = re.sub(r"(?:\.\*)+", ".*", "".join(parts))
-    return Pattern(source, source[:prefix_end], re.compile(regex, re.DOTALL))
+    prefix_end = next((i for i, ch in enumerate(source) if ch in _WILDCARDS), len(source))
+    pieces = _STARS.split(source)
+    head = pieces[0]
+    if len(pieces) == 1:
+        return Pattern(source, source[:prefix_end], _piece(head), len(head), (), None, 0)
+    tail = pieces[-1]
+    middle = tuple(_piece(p) for p in pieces[1:-1] if p)
+    return Pattern(
+        source, source[:prefix_end], _piece(head), len(head), middle, _piece(tail), len(tail)
+    )

@@ -27,8 +27,10 @@ Invariants
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import sys
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -38,6 +40,23 @@ from cluster.patterns import Pattern
 
 Version = tuple[int, str]
 ZERO: Version = (0, "")
+
+# Anti-entropy digests: keys fall into DIGEST_BUCKETS buckets by a stable hash of the key (the same
+# on every node and across restarts, unlike hash()); a bucket's digest is the XOR of its entries'
+# 64-bit version hashes, kept up to date on every write, so comparing two replicas costs
+# DIGEST_BUCKETS numbers and only differing buckets are exchanged.
+DIGEST_BUCKETS = 1024
+
+
+def bucket_of(key: str) -> int:
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) & (DIGEST_BUCKETS - 1)
+
+
+def version_hash(key: str, ts: int, node: str) -> int:
+    """A 64-bit hash of one stored version (key, ts, node); the value is implied by the version."""
+    raw = b"%s\0%d\0%s" % (key.encode("utf-8", "surrogatepass"), ts, node.encode())
+    # 63 bits: digests travel as JSON integers, which stay exact below 2**63 everywhere.
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little") >> 1
 
 
 class Entry:
@@ -91,6 +110,7 @@ class Store:
         # (expires, key) in expiry order; stale items (key rewritten) are skipped when popped.
         self._expiry_heap: list[tuple[float, str]] = []
         self._clear: Version = ZERO
+        self._digests: list[int] = [0] * DIGEST_BUCKETS
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -192,6 +212,30 @@ class Store:
         nxt = chunk[-1] if chunk and idx + limit < len(keys) else None
         return out, nxt
 
+    def digests(self) -> list[int]:
+        """The per-bucket digests (a copy): equal lists mean equal stored versions, whp."""
+        return list(self._digests)
+
+    def entries_in_buckets(
+        self, buckets: set[int], after: str | None, budget: int = 10_000
+    ) -> tuple[list[Mutation], str | None]:
+        """Stored entries (tombstones included) whose key falls in `buckets`, examining at most
+        `budget` keys in key order after `after`; returns them and where to resume (None: done).
+
+        Enumerating a bucket walks the key index (buckets have no index of their own, which would
+        cost memory on every key); callers yield to the event loop between calls.
+        """
+        keys = self._keys
+        idx = keys.bisect_right(after) if after is not None else 0
+        chunk = keys[idx : idx + budget]
+        out = []
+        for key in chunk:
+            if bucket_of(key) in buckets:
+                e = self._data[key]
+                out.append(Mutation(key, e.value, e.ts, e.node, e.expires))
+        nxt = chunk[-1] if chunk and idx + budget < len(keys) else None
+        return out, nxt
+
     # --- writes ------------------------------------------------------------------------------
 
     def apply(
@@ -206,13 +250,16 @@ class Store:
             return False  # at or below the range tombstone: cleared before it arrived
         data = self._data
         old = data.get(key)
+        bucket = bucket_of(key)
         if old is not None:
             if ts < old.ts or (ts == old.ts and node <= old.node):
                 return False  # an equal or newer version is already here
             if old.value is None and value is not None:
                 self._tombstones.discard(key)
+            self._digests[bucket] ^= version_hash(key, old.ts, old.node)
         else:
             self._keys.add(key)
+        self._digests[bucket] ^= version_hash(key, ts, node)
         if value is None:
             self._tombstones.add(key)
         data[key] = Entry(value, ts, sys.intern(node), expires)
@@ -234,12 +281,15 @@ class Store:
             return False
         self._clear = (ts, sys.intern(node))
         survivors = {k: e for k, e in self._data.items() if (e.ts, e.node) > version}
+        self._digests = [0] * DIGEST_BUCKETS
         if not survivors:
             self._data = {}
             self._keys = SortedList()
             self._tombstones = set()
             self._expiry_heap = []
             return True
+        for k, e in survivors.items():
+            self._digests[bucket_of(k)] ^= version_hash(k, e.ts, e.node)
         self._data = survivors
         self._keys = SortedList(survivors)
         self._tombstones = {k for k, e in survivors.items() if e.value is None}
@@ -277,6 +327,7 @@ class Store:
                 break
             entry = self._data[key]
             if entry.ts < watermark:
+                self._digests[bucket_of(key)] ^= version_hash(key, entry.ts, entry.node)
                 del self._data[key]
                 self._keys.remove(key)
                 self._tombstones.discard(key)

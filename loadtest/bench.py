@@ -1,12 +1,17 @@
 """`make bench`: throughput and memory of one node, each against an anchor measured in the same run.
 
-    python -m loadtest.bench [--duration S] [--rounds N] [--keys N] [--only http,memory]
+    python -m loadtest.bench [--duration S] [--rounds N] [--keys N] [--only http,memory,line]
 
 - HTTP: wrk (1 thread, 32 connections) against a static nginx `return 200` (one worker: the
   ceiling), then GET and SET on the node; rounds are interleaved and the median taken, because
   these machines are shared and noisy. Prints requests/s, p50/p99 and the ratios to the ceiling.
 - Memory: the resident-set growth of the node and of a redis-server for the same N keys
   (16-character keys, 100-character values), and the node's growth while streaming `/getAll`.
+- Line protocol: one client (`line_load`) drives the node's TCP port with `PUT k v` / `GET k` and a
+  redis-server with the inline commands `SET k v` / `GET k`, 32 connections, one command at a time
+  and 16 pipelined, rounds interleaved, median taken; prints operations/s and the ratio. The
+  client runs in several processes; redis-benchmark (C) runs the same loads as a reference, to
+  show how far the Python client holds Redis back.
 
 Speed is never asserted in a test; this prints figures for the README.
 """
@@ -15,7 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import re
+import select
 import shutil
 import socket
 import statistics
@@ -24,6 +32,8 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass
+from multiprocessing.synchronize import Barrier
+from typing import Any
 
 from loadtest import procs
 
@@ -175,15 +185,200 @@ def bench_memory(n: int) -> list[str]:
     ]
 
 
+# --- line protocol vs Redis -----------------------------------------------------------------------
+
+LINE_CONNECTIONS = 32
+LINE_DEPTHS = (1, 16)
+LINE_VALUE = "value-" + "v" * 26  # 32 characters
+
+
+@dataclass(frozen=True)
+class LineLoad:
+    """One command per connection, repeated: the node's form and Redis's inline form."""
+
+    name: str
+    node: bytes  # the node's command for connection {i}, as a format string
+    redis: bytes
+    redis_lines: int  # reply lines per command from Redis
+    writes: bool
+
+
+LINE_LOADS = (
+    LineLoad(
+        "PUT / SET",
+        b"PUT line:%06d " + LINE_VALUE.encode() + b"\n",
+        b"SET line:%06d " + LINE_VALUE.encode() + b"\r\n",
+        1,
+        True,
+    ),
+    LineLoad("GET", b"GET line:%06d\n", b"GET line:%06d\r\n", 2, False),
+)
+
+
+def _line_worker(
+    port: int,
+    first: int,
+    connections: int,
+    command: bytes,
+    depth: int,
+    reply_lines: int,
+    duration: float,
+    barrier: Barrier,
+    results: multiprocessing.Queue[int],
+) -> None:
+    """One client process: `connections` sockets, each sending `depth` commands in one write and
+    waiting for all their replies before the next write (depth 1: no pipelining)."""
+    socks = []
+    for i in range(first, first + connections):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.setblocking(False)
+        socks.append((s, command.replace(b"%06d", b"%06d" % i) * depth))
+    ep = select.epoll()
+    state: dict[int, list[Any]] = {}
+    for s, batch in socks:
+        state[s.fileno()] = [s, batch, 0]
+    need = depth * reply_lines
+    barrier.wait()
+    stop = time.monotonic() + duration
+    for s, batch in socks:
+        s.send(batch)
+        ep.register(s.fileno(), select.EPOLLIN)
+    done = 0
+    poll = ep.poll
+    while time.monotonic() < stop:
+        for fd, _ in poll(0.05):
+            st = state[fd]
+            data = st[0].recv(1 << 18)
+            if not data:
+                raise RuntimeError("the server closed a benchmark connection")
+            st[2] += data.count(b"\n")
+            if st[2] >= need:
+                st[2] -= need
+                done += depth
+                st[0].send(st[1])
+    ep.close()
+    for s, _ in socks:
+        s.close()
+    results.put(done)
+
+
+def line_load(
+    port: int, command: bytes, reply_lines: int, depth: int, duration: float, processes: int
+) -> float:
+    """Operations per second of LINE_CONNECTIONS connections spread over `processes` clients."""
+    ctx = multiprocessing.get_context("fork")
+    results: multiprocessing.Queue[int] = ctx.Queue()
+    barrier = ctx.Barrier(processes)
+    per = LINE_CONNECTIONS // processes
+    workers = [
+        ctx.Process(
+            target=_line_worker,
+            args=(port, i * per, per, command, depth, reply_lines, duration, barrier, results),
+            daemon=True,
+        )
+        for i in range(processes)
+    ]
+    for w in workers:
+        w.start()
+    try:
+        total = sum(results.get(timeout=duration + 30) for _ in workers)
+    finally:
+        for w in workers:
+            w.join(5)
+            if w.is_alive():
+                w.kill()  # our own child, by its handle
+                w.join()
+    return total / duration
+
+
+REDIS_BENCH_LINE = re.compile(r"^(\w+): ([\d.]+) requests per second", re.M)
+
+
+def redis_benchmark(port: int, test: str, depth: int, requests: int) -> float | None:
+    """redis-benchmark's figure for the same load (C client, same connections), if installed."""
+    binary = shutil.which("redis-benchmark") or "/usr/bin/redis-benchmark"
+    if not os.path.exists(binary):
+        return None
+    out = subprocess.run(
+        [binary, "-p", str(port), "-c", str(LINE_CONNECTIONS), "-P", str(depth), "-t", test,
+         "-n", str(requests), "-r", "1000", "-d", str(len(LINE_VALUE)), "-q"],
+        capture_output=True, text=True, check=True, timeout=300,
+    ).stdout  # fmt: skip
+    m = REDIS_BENCH_LINE.findall(out.replace("\r", "\n"))
+    return float(m[-1][1]) if m else None
+
+
+def bench_line(duration: float, rounds: int, processes: int) -> list[str]:
+    """Node (sync write mode, the default; async for writes) against redis-server, same client."""
+    sync_node = procs.start_node("--log-level", "WARNING")
+    async_node = procs.start_node("--log-level", "WARNING", "--write-mode", "async")
+    redis_port = procs.free_port()
+    redis = procs.start_redis(redis_port)
+    cases = [(load, depth) for load in LINE_LOADS for depth in LINE_DEPTHS]
+    rps: dict[tuple[str, str, int], list[float]] = {}
+
+    def run(target: str, port: int, command: bytes, lines: int, load: LineLoad, depth: int) -> None:
+        ops = line_load(port, command, lines, depth, duration, processes)
+        rps.setdefault((target, load.name, depth), []).append(ops)
+
+    try:
+        for _ in range(rounds):
+            for load, depth in cases:  # PUT before GET: the GETs find their keys
+                run("node", sync_node.tcp_port, load.node, 1, load, depth)
+                if load.writes:  # the write mode changes nothing for reads
+                    run("async", async_node.tcp_port, load.node, 1, load, depth)
+                run("redis", redis_port, load.redis, load.redis_lines, load, depth)
+        reference: dict[tuple[str, int], float | None] = {}
+        for load, depth in cases:
+            requests = int(statistics.median(rps["redis", load.name, depth]) * duration * 2)
+            test = "set" if load.writes else "get"
+            reference[load.name, depth] = redis_benchmark(redis_port, test, depth, requests)
+    finally:
+        procs.stop(sync_node.proc)
+        procs.stop(async_node.proc)
+        procs.stop(redis)
+
+    def fmt(target: str, load: LineLoad, depth: int) -> str:
+        runs = rps.get((target, load.name, depth))
+        return f"{statistics.median(runs):,.0f}" if runs else "-"
+
+    lines = [
+        "| command | pipelined | node ops/s | redis ops/s | node / redis | target "
+        "| node, async mode | async / redis | redis-benchmark (C client) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for load, depth in cases:
+        n = statistics.median(rps["node", load.name, depth])
+        r = statistics.median(rps["redis", load.name, depth])
+        a = rps.get(("async", load.name, depth))
+        ref = reference[load.name, depth]
+        lines.append(
+            f"| {load.name} | {depth} | {n:,.0f} | {r:,.0f} | {n / r:.0%} "
+            f"| {'>= 50%' if depth == 1 else '>= 30%'} | {fmt('async', load, depth)} "
+            f"| {f'{statistics.median(a) / r:.0%}' if a else '-'} "
+            f"| {f'{ref:,.0f}' if ref else 'n/a'} |"
+        )
+    lines.append(
+        f"\n{LINE_CONNECTIONS} connections over {processes} client processes; a node is a mesh of "
+        "one; medians of the rounds. When redis-benchmark is far above the redis column, the "
+        "Python client, not Redis, set that figure."
+    )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     parser.add_argument("--keys", type=int, default=1_000_000, help="keys for the memory test")
-    parser.add_argument("--only", default="http,memory", help="comma-separated sections")
+    parser.add_argument("--only", default="http,memory,line", help="comma-separated sections")
+    parser.add_argument(
+        "--line-clients", type=int, default=2, help="client processes for the line section"
+    )
     args = parser.parse_args(argv)
     for tool in ("wrk", "redis-server"):
-        if shutil.which(tool) is None and not shutil.os.path.exists(f"/usr/bin/{tool}"):
+        if shutil.which(tool) is None and not os.path.exists(f"/usr/bin/{tool}"):
             print(f"bench: {tool} is missing; run `make install-system` (needs root)")
             return 2
     sections = set(args.only.split(","))
@@ -195,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(bench_http(args.duration, args.rounds)), "\n", flush=True)
     if "memory" in sections:
         print("\n".join(bench_memory(args.keys)), "\n", flush=True)
+    if "line" in sections:
+        lines = bench_line(args.duration, args.rounds, args.line_clients)
+        print("\n".join(lines), "\n", flush=True)
     return 0
 
 

@@ -1,0 +1,251 @@
+"""Anti-entropy and snapshots: how replicas that missed writes catch up.
+
+- Repair: every `interval` a node compares its per-bucket digests (store.py) with a random
+  peer's. Only the buckets that differ are exchanged, both ways, through the store's one merge,
+  so the bytes sent are proportional to the difference, not to the data set. (Finding a bucket's
+  keys walks the key index in chunks, yielding between them: CPU is proportional to the data set,
+  but only on rounds that found a difference.)
+- Snapshot: a joining or restarted node pages through a peer's entries (tombstones and the
+  range tombstone included) in key order. It applies live replication meanwhile: the merge is
+  commutative, so applying a live write before or after the snapshot chunk that holds an older
+  version of the key gives the same result; no buffering is needed.
+
+Entries travel as `[key, value|null, ts, node, expires|null]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from cluster.errors import ClockSkewError
+from cluster.hlc import HybridClock
+from cluster.peer_client import PeerClient
+from cluster.store import DIGEST_BUCKETS, Mutation, Store, Version
+
+logger = logging.getLogger(__name__)
+
+DIGESTS_PATH = "/internal/ae/digests"
+EXCHANGE_PATH = "/internal/ae/exchange"
+SNAPSHOT_PATH = "/internal/snapshot"
+
+
+class DecodeError(ValueError):
+    """A malformed anti-entropy or snapshot message."""
+
+
+# --- wire helpers (pure) --------------------------------------------------------------------------
+
+
+def encode_entries(entries: Iterable[Mutation]) -> list[list[Any]]:
+    return [[m.key, m.value, m.ts, m.node, m.expires] for m in entries]
+
+
+def decode_entries(raw: object) -> list[Mutation]:
+    if not isinstance(raw, list):
+        raise DecodeError("entries must be a list")
+    out = []
+    for item in raw:
+        if not isinstance(item, list) or len(item) != 5:
+            raise DecodeError("an entry must be [key, value, ts, node, expires]")
+        key, value, ts, node, expires = item
+        if not (isinstance(key, str) and key and isinstance(node, str) and node):
+            raise DecodeError("bad key or node")
+        if not isinstance(ts, int) or isinstance(ts, bool) or ts < 0:
+            raise DecodeError("bad timestamp")
+        if value is not None and not isinstance(value, str):
+            raise DecodeError("bad value")
+        if expires is not None and (
+            isinstance(expires, bool) or not isinstance(expires, int | float)
+        ):
+            raise DecodeError("bad expiry")
+        out.append(Mutation(key, value, ts, node, expires))
+    return out
+
+
+def decode_clear(raw: object) -> Version:
+    if (
+        not isinstance(raw, list)
+        or len(raw) != 2
+        or not isinstance(raw[0], int)
+        or not isinstance(raw[1], str)
+    ):
+        raise DecodeError("clear must be [ts, node]")
+    return (raw[0], raw[1])
+
+
+def merge_entries(store: Store, hlc: HybridClock, entries: Iterable[Mutation]) -> tuple[int, int]:
+    """Merge repaired or snapshot entries; (applied, refused for clock skew)."""
+    applied = refused = 0
+    for m in entries:
+        try:
+            hlc.observe(m.ts)
+        except ClockSkewError:
+            refused += 1
+            continue
+        applied += store.apply(m.key, m.value, m.ts, m.node, m.expires)
+    return applied, refused
+
+
+def merge_clear(store: Store, hlc: HybridClock, clear: Version) -> bool:
+    if clear <= store.clear_version:
+        return False
+    try:
+        hlc.observe(clear[0])
+    except ClockSkewError:
+        return False
+    return store.apply_clear(*clear)
+
+
+def diff_buckets(mine: list[int], theirs: object) -> list[int]:
+    if not isinstance(theirs, list) or len(theirs) != DIGEST_BUCKETS:
+        raise DecodeError(f"digests must be a list of {DIGEST_BUCKETS} integers")
+    return [i for i, (a, b) in enumerate(zip(mine, theirs, strict=True)) if a != b]
+
+
+def encode_cursor(key: str) -> str:
+    return base64.urlsafe_b64encode(key.encode("utf-8", "surrogatepass")).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        return raw.decode("utf-8", "surrogatepass")
+    except ValueError as exc:
+        raise DecodeError(f"bad cursor: {exc}") from None
+
+
+async def collect_buckets(store: Store, buckets: set[int], chunk: int = 20_000) -> list[Mutation]:
+    """Every stored entry in `buckets`, walking the key index in chunks (yields between)."""
+    out: list[Mutation] = []
+    after: str | None = None
+    while True:
+        found, after = store.entries_in_buckets(buckets, after, chunk)
+        out.extend(found)
+        if after is None:
+            return out
+        await asyncio.sleep(0)
+
+
+# --- the two sides of a repair round ------------------------------------------------------------
+
+
+def digests_reply(store: Store) -> bytes:
+    """Answer to GET /internal/ae/digests."""
+    ts, node = store.clear_version
+    return orjson.dumps({"clear": [ts, node], "digests": store.digests()})
+
+
+async def exchange_reply(store: Store, hlc: HybridClock, body: bytes) -> bytes:
+    """Answer to POST /internal/ae/exchange: our entries in those buckets, then merge theirs."""
+    try:
+        msg = orjson.loads(body)
+        if not isinstance(msg, dict):
+            raise DecodeError("exchange body must be an object")
+        buckets = msg["buckets"]
+        if not isinstance(buckets, list) or not all(
+            isinstance(b, int) and 0 <= b < DIGEST_BUCKETS for b in buckets
+        ):
+            raise DecodeError("bad bucket list")
+        theirs = decode_entries(msg["entries"])
+        clear = decode_clear(msg["clear"])
+    except (orjson.JSONDecodeError, KeyError) as exc:
+        raise DecodeError(f"malformed exchange: {exc}") from None
+    mine = await collect_buckets(store, set(buckets))
+    merge_clear(store, hlc, clear)
+    merge_entries(store, hlc, theirs)
+    ts, node = store.clear_version
+    return orjson.dumps({"clear": [ts, node], "entries": encode_entries(mine)})
+
+
+@dataclass(frozen=True, slots=True)
+class RepairResult:
+    differing: int  # buckets that differed
+    sent: int  # entries we sent
+    received: int  # entries the peer sent
+    applied: int  # of those, how many won here
+    complete: bool  # every differing bucket was exchanged
+
+
+async def repair_with(
+    store: Store,
+    hlc: HybridClock,
+    client: PeerClient,
+    address: str,
+    max_buckets: int = 256,
+    within: float = 10.0,
+) -> RepairResult:
+    """One anti-entropy round with the peer at `address` (raises PeerError or DecodeError)."""
+    raw = orjson.loads(await client.request("GET", address, DIGESTS_PATH, within=within))
+    if not isinstance(raw, dict):
+        raise DecodeError("digests reply must be an object")
+    merge_clear(store, hlc, decode_clear(raw.get("clear")))
+    differing = diff_buckets(store.digests(), raw.get("digests"))
+    if not differing:
+        return RepairResult(0, 0, 0, 0, True)
+    sent = received = applied = 0
+    # In groups of `max_buckets`, so that no request grows with the number of differences.
+    for start in range(0, len(differing), max_buckets):
+        chosen = differing[start : start + max_buckets]
+        mine = await collect_buckets(store, set(chosen))
+        ts, node = store.clear_version
+        body = orjson.dumps(
+            {"buckets": chosen, "clear": [ts, node], "entries": encode_entries(mine)}
+        )
+        reply = orjson.loads(await client.request("POST", address, EXCHANGE_PATH, body, within))
+        if not isinstance(reply, dict):
+            raise DecodeError("exchange reply must be an object")
+        merge_clear(store, hlc, decode_clear(reply.get("clear")))
+        theirs = decode_entries(reply.get("entries"))
+        won, _ = merge_entries(store, hlc, theirs)
+        sent, received, applied = sent + len(mine), received + len(theirs), applied + won
+    return RepairResult(len(differing), sent, received, applied, True)
+
+
+# --- snapshots ----------------------------------------------------------------------------------
+
+
+def snapshot_reply(store: Store, after: str | None, limit: int) -> bytes:
+    """One page of GET /internal/snapshot: entries after the cursor, in key order."""
+    entries, nxt = store.mutations(after, limit)
+    ts, node = store.clear_version
+    return orjson.dumps(
+        {
+            "clear": [ts, node],
+            "entries": encode_entries(entries),
+            "next": encode_cursor(nxt) if nxt is not None else None,
+        }
+    )
+
+
+async def pull_snapshot(
+    store: Store,
+    hlc: HybridClock,
+    client: PeerClient,
+    address: str,
+    page: int = 5_000,
+    within: float = 30.0,
+) -> int:
+    """Stream a peer's whole data set into the store, page by page; returns entries received."""
+    cursor: str | None = None
+    received = 0
+    while True:
+        path = f"{SNAPSHOT_PATH}?limit={page}" + (f"&after={cursor}" if cursor else "")
+        reply = orjson.loads(await client.request("GET", address, path, within=within))
+        if not isinstance(reply, dict):
+            raise DecodeError("snapshot page must be an object")
+        merge_clear(store, hlc, decode_clear(reply.get("clear")))
+        entries = decode_entries(reply.get("entries"))
+        merge_entries(store, hlc, entries)
+        received += len(entries)
+        cursor = reply.get("next")
+        if cursor is None:
+            return received
+        if not isinstance(cursor, str):
+            raise DecodeError("bad snapshot cursor")

@@ -1,0 +1,479 @@
+"""The IO layer of membership: UDP datagrams, the tick loop, and push/pull over HTTP.
+
+Everything that decides lives in `cluster.membership` (pure); this module only moves bytes and
+time in and out of it:
+
+- a UDP socket bound to (config.host, the node's port): each datagram is authenticated and
+  decoded (`cluster.messages`), its messages fed to `Membership.handle`, and whatever comes back
+  is encoded and sent; undecodable, unauthenticated and stale datagrams are dropped and counted;
+- a loop calling `Membership.tick(clock.monotonic())` at the next deadline (at most a tenth of a
+  probe interval apart, and at once after each received datagram);
+- push/pull as `POST /internal/gossip/pushpull` (`PUSH_PULL_ROUTE`): the core's PushPull messages
+  go out as HTTP requests through one shared aiohttp.ClientSession, and `handle_push_pull`
+  answers them. Bodies are packets of `cluster.messages`, signed in the body with the cluster key
+  when one is set (no header needed);
+- membership events are logged at INFO (`node=%s peer=%s`) and passed to listeners.
+
+Wiring (for the composition root):
+
+    gossip = Gossip(config, clock, rng, name, advertise, config.cluster_key, params)
+    app[GOSSIP_KEY] = gossip                       # before the app starts
+    app.router.add_post(PUSH_PULL_ROUTE, handle_push_pull)
+    ... bind the HTTP site ...
+    await gossip.start(port=bound_http_port)       # UDP on the same number
+    await gossip.join(seeds, timeout=5.0)
+    ... on shutdown: await gossip.leave(); await gossip.stop()
+
+Why the incarnation starts at the wall clock in ms: a restarted process must outbid everything the
+mesh remembers of its previous life, which refuted at most a handful of times per second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import ipaddress
+import logging
+import random
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+import aiohttp
+from aiohttp import web
+
+from cluster.membership import Member, MemberEvent, Membership, Outgoing
+from cluster.messages import (
+    MAX_DATAGRAM,
+    MAX_PUSH_PULL,
+    DecodeError,
+    Packet,
+    PushPull,
+    decode_packet,
+)
+from cluster.messages import encode_packet as _encode
+from cluster.suspicion import GossipParams
+
+if TYPE_CHECKING:
+    from cluster.clock import Clock
+    from cluster.config import Config
+
+__all__ = [
+    "GOSSIP_KEY",
+    "PUSH_PULL_ROUTE",
+    "Gossip",
+    "GossipParams",
+    "GossipStats",
+    "Member",
+    "MemberEvent",
+    "handle_push_pull",
+]
+
+logger = logging.getLogger(__name__)
+
+PUSH_PULL_ROUTE = "/internal/gossip/pushpull"
+RESOLVE_TTL = 30.0  # seconds a resolved host name is reused (containers change addresses)
+
+Listener = Callable[[MemberEvent], Any]  # may return an awaitable: it is run as a task
+
+
+@dataclass(slots=True)
+class GossipStats:
+    """Counters for /metrics (monotonic; see `Gossip.counters`)."""
+
+    datagrams_received: int = 0
+    datagrams_sent: int = 0
+    dropped_malformed: int = 0  # garbage, truncated, wrong version, wrong shape
+    dropped_auth: int = 0  # missing or bad HMAC: another key, or none
+    dropped_stale: int = 0  # signed, but older than the replay window
+    dropped_oversized: int = 0
+    send_errors: int = 0
+    push_pull_ok: int = 0
+    push_pull_failed: int = 0
+    push_pull_served: int = 0
+    push_pull_refused: int = 0
+
+
+class _Endpoint(asyncio.DatagramProtocol):
+    def __init__(self, gossip: Gossip) -> None:
+        self.gossip = gossip
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's UDPTransport is not a subclass of asyncio.DatagramTransport: no isinstance.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self.gossip._on_datagram(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable from a dead peer lands here: expected, counted, not an error.
+        self.gossip.stats.send_errors += 1
+        logger.debug("node=%s UDP error: %s", self.gossip.name, exc)
+
+
+class Gossip:
+    """Runs one node's membership: UDP gossip, the tick loop, HTTP push/pull, listeners."""
+
+    def __init__(
+        self,
+        config: Config,
+        clock: Clock,
+        rng: random.Random,
+        name: str,
+        advertise_address: str,
+        cluster_key: str | None,
+        params: GossipParams | None = None,
+        *,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.rng = rng
+        self.name = name
+        self.key = cluster_key
+        self.params = (params or GossipParams()).validate()
+        self.stats = GossipStats()
+        self.membership = self._new_membership(advertise_address)
+        self._listeners: list[Listener] = []
+        self._session = session
+        self._own_session = session is None
+        self._endpoint: _Endpoint | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._wake = asyncio.Event()
+        self._resolved: dict[str, tuple[float, str]] = {}  # host -> (expires, ip)
+
+    def _new_membership(self, address: str) -> Membership:
+        incarnation = int(self.clock.wall() * 1000)
+        return Membership(self.name, address, self.params, self.rng, incarnation)
+
+    @property
+    def address(self) -> str:
+        """The advertised "host:port" (HTTP and UDP)."""
+        return self.membership.address
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self, port: int | None = None) -> None:
+        """Bind UDP on (config.host, port) and start the loop.
+
+        `port` defaults to the advertised port; pass the bound HTTP port when the configured one
+        was 0 (an advertised port of 0 is then replaced by it).
+        """
+        host, adv_port = _split(self.address)
+        if port is not None and adv_port == 0:
+            self.membership = self._new_membership(f"{host}:{port}")  # nothing happened yet
+        bind_port = port if port is not None else adv_port
+        loop = asyncio.get_running_loop()
+        _, endpoint = await loop.create_datagram_endpoint(
+            lambda: _Endpoint(self), local_addr=(self.config.host, bind_port)
+        )
+        self._endpoint = endpoint
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.params.push_pull_timeout)
+            )
+        self._loop_task = asyncio.create_task(self._run(), name=f"gossip-{self.name}")
+        logger.info(
+            "node=%s gossip on udp %s:%d, advertising %s (incarnation %d)",
+            self.name,
+            self.config.host,
+            bind_port,
+            self.address,
+            self.membership.incarnation,
+        )
+
+    async def stop(self) -> None:
+        """Stop without leaving (a crash, as far as the others can tell)."""
+        tasks = [t for t in (self._loop_task, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._loop_task = None
+        self._tasks.clear()
+        if self._endpoint is not None and self._endpoint.transport is not None:
+            self._endpoint.transport.close()
+        self._endpoint = None
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def join(self, seeds: Iterable[str], timeout: float) -> bool:  # noqa: ASYNC109
+        """Push/pull with every seed; True as soon as one answered (we are then a member).
+
+        `timeout` bounds the whole join (the seeds are tried at once); answers arriving later
+        are still merged.
+        """
+        outgoing = self.membership.start_join(list(seeds), self.clock.monotonic())
+        self._after()
+        if not outgoing:
+            return False
+        attempts = [self._spawn(self._push_pull(out)) for out in outgoing]
+        try:
+            async with asyncio.timeout(timeout):
+                for attempt in asyncio.as_completed(attempts):
+                    if await attempt:
+                        return True
+        except TimeoutError:
+            pass
+        return False
+
+    async def leave(self) -> None:
+        """Leave gracefully: every member is told (peers see `left`); we stay a mesh of one."""
+        self._dispatch(self.membership.leave(self.clock.monotonic()))
+        self._after()
+        await asyncio.sleep(0)  # let the datagrams go out before a stop()
+
+    def remove(self, name: str) -> bool:
+        """Remove `name` from the mesh everywhere; False if we never heard of it."""
+        if name not in self.membership:
+            return False
+        self._dispatch(self.membership.remove(name, self.clock.monotonic()))
+        self._after()
+        return True
+
+    # --- views ----------------------------------------------------------------------------------
+
+    def members(self) -> list[Member]:
+        """Every known member, self included (`Member.as_dict()` is the contract's shape)."""
+        return self.membership.members()
+
+    def alive_peers(self) -> list[Member]:
+        """Other members currently alive (not suspect, dead or left)."""
+        return self.membership.alive_peers()
+
+    def add_listener(self, callback: Listener) -> None:
+        """Call `callback(event)` on every membership change; an awaitable result is run as a
+        task. Exceptions are logged, never raised into gossip."""
+        self._listeners.append(callback)
+
+    def counters(self) -> dict[str, int]:
+        """Counters and gauges for /metrics, named gossip_*."""
+        out = {f"gossip_{k}": v for k, v in asdict(self.stats).items()}
+        out["gossip_health_score"] = self.membership.health_score
+        out["gossip_pending_broadcasts"] = self.membership.pending_broadcasts()
+        return out
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        cap = self.params.probe_interval / 10
+        while True:
+            try:
+                self._dispatch(self.membership.tick(self.clock.monotonic()))
+                self._after()
+            except Exception:  # a bug must not silence membership for good
+                logger.exception("node=%s gossip tick failed", self.name)
+            delay = self.membership.next_deadline() - self.clock.monotonic()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(max(delay, 0.001), cap)):
+                    await self._wake.wait()
+
+    def _after(self) -> None:
+        """Log and deliver membership events; let the loop look at the new deadlines."""
+        for event in self.membership.take_events():
+            logger.info(
+                "node=%s peer=%s %s -> %s (incarnation %d, %s)",
+                self.name,
+                event.name,
+                event.old_state or "unknown",
+                event.new_state or "forgotten",
+                event.incarnation,
+                event.address,
+            )
+            for listener in self._listeners:
+                try:
+                    result = listener(event)
+                    if inspect.isawaitable(result):
+                        self._spawn(_await(result))
+                except Exception:
+                    logger.exception("node=%s membership listener failed", self.name)
+        self._wake.set()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- datagrams ------------------------------------------------------------------------------
+
+    def _now_ms(self) -> int:
+        return int(self.clock.wall() * 1000)
+
+    def _check(self, data: bytes, max_size: int) -> Packet | str:
+        """Decode and authenticate: the packet, or the reason it was dropped (and counted)."""
+        try:
+            packet = decode_packet(data, self.key, max_size)
+        except DecodeError as exc:
+            counter = {"auth": "dropped_auth", "oversized": "dropped_oversized"}.get(
+                exc.reason, "dropped_malformed"
+            )
+            setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+            logger.debug("node=%s dropped a packet: %s", self.name, exc)
+            return exc.reason
+        if self.key is not None:
+            age = abs(self._now_ms() - packet.sent_ms) / 1000.0
+            if age > self.params.replay_window:
+                self.stats.dropped_stale += 1
+                logger.debug("node=%s dropped a packet %.0f s off our clock", self.name, age)
+                return "stale"
+        return packet
+
+    def _on_datagram(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self.stats.datagrams_received += 1
+        packet = self._check(data, MAX_DATAGRAM)
+        if isinstance(packet, str):
+            return
+        source = f"{addr[0]}:{addr[1]}"
+        now = self.clock.monotonic()
+        out: list[Outgoing] = []
+        for msg in packet.messages:
+            if isinstance(msg, PushPull):
+                self.stats.dropped_malformed += 1  # full state travels over HTTP only
+                continue
+            out += self.membership.handle(source, msg, now)
+        self._dispatch(out)
+        self._after()
+
+    def _dispatch(self, outgoing: list[Outgoing]) -> None:
+        for out in outgoing:
+            if out.push_pull:
+                self._spawn(self._push_pull(out))
+            else:
+                self._send(out.address, _encode(out.messages, self.key, self._now_ms()))
+
+    def _send(self, address: str, data: bytes) -> None:
+        endpoint = self._endpoint
+        if endpoint is None or endpoint.transport is None:
+            return
+        try:
+            host, port = _split(address)
+        except ValueError:
+            self.stats.send_errors += 1
+            return
+        ip = self._ip(host)
+        if ip is None:
+            self._spawn(self._resolve_and_send(host, port, data))
+            return
+        try:
+            endpoint.transport.sendto(data, (ip, port))
+            self.stats.datagrams_sent += 1
+        except OSError as exc:
+            self.stats.send_errors += 1
+            logger.debug("node=%s send to %s failed: %s", self.name, address, exc)
+
+    def _ip(self, host: str) -> str | None:
+        """`host` if it is an IP literal, its cached resolution, or None (resolve first)."""
+        try:
+            return str(ipaddress.ip_address(host))
+        except ValueError:
+            pass
+        cached = self._resolved.get(host)
+        if cached is not None and cached[0] > self.clock.monotonic():
+            return cached[1]
+        return None
+
+    async def _resolve_and_send(self, host: str, port: int, data: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        except OSError as exc:
+            self.stats.send_errors += 1
+            logger.debug("node=%s cannot resolve %s: %s", self.name, host, exc)
+            return
+        ip = str(infos[0][4][0])
+        self._resolved[host] = (self.clock.monotonic() + RESOLVE_TTL, ip)
+        self._send(f"{ip}:{port}", data)
+
+    # --- push/pull over HTTP --------------------------------------------------------------------
+
+    async def _push_pull(self, out: Outgoing) -> bool:
+        """Send a push/pull request and merge the answer; False if it failed."""
+        session = self._session
+        if session is None:
+            return False
+        body = _encode(out.messages, self.key, self._now_ms())
+        url = f"http://{out.address}{PUSH_PULL_ROUTE}"
+        try:
+            async with session.post(
+                url, data=body, headers={"Content-Type": "application/octet-stream"}
+            ) as resp:
+                status, data = resp.status, await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.stats.push_pull_failed += 1
+            logger.debug("node=%s peer=%s push/pull failed: %r", self.name, out.address, exc)
+            return False
+        packet = self._check(data, MAX_PUSH_PULL) if status == 200 else f"HTTP {status}"
+        if isinstance(packet, str) or (reply := _the_push_pull(packet, reply=True)) is None:
+            self.stats.push_pull_failed += 1
+            logger.debug("node=%s peer=%s push/pull refused: %s", self.name, out.address, packet)
+            return False
+        self.stats.push_pull_ok += 1
+        self._dispatch(self.membership.handle(out.address, reply, self.clock.monotonic()))
+        self._after()
+        return True
+
+    async def handle_push_pull(self, request: web.Request) -> web.Response:
+        """POST /internal/gossip/pushpull: merge the caller's state, answer with ours."""
+        body = await request.read()
+        packet = self._check(body, MAX_PUSH_PULL)
+        msg = None if isinstance(packet, str) else _the_push_pull(packet, reply=False)
+        if msg is None:
+            self.stats.push_pull_refused += 1
+            if packet == "oversized":
+                return _error(413, "BODY_TOO_LARGE", "the push/pull body is too large")
+            if packet in ("auth", "stale"):
+                return _error(401, "UNAUTHORIZED", "not signed with the cluster key, or stale")
+            return _error(400, "INVALID_BODY", "not a push/pull request")
+        reply, out = self.membership.push_pull_reply(msg, self.clock.monotonic())
+        self.stats.push_pull_served += 1
+        self._dispatch(out)
+        self._after()
+        return web.Response(
+            body=_encode([reply], self.key, self._now_ms()),
+            content_type="application/octet-stream",
+        )
+
+
+GOSSIP_KEY: web.AppKey[Gossip] = web.AppKey("gossip", Gossip)
+
+
+async def handle_push_pull(request: web.Request) -> web.Response:
+    """The route handler for PUSH_PULL_ROUTE: delegates to `request.app[GOSSIP_KEY]`."""
+    gossip = request.app.get(GOSSIP_KEY)
+    if gossip is None:
+        return _error(404, "NOT_FOUND", "this node runs no gossip")
+    return await gossip.handle_push_pull(request)
+
+
+def _the_push_pull(packet: Packet, reply: bool) -> PushPull | None:
+    """The packet's one PushPull if it is a request (reply=False) or an answer (reply=True)."""
+    msgs = packet.messages
+    if len(msgs) == 1 and isinstance(msgs[0], PushPull) and msgs[0].reply is reply:
+        return msgs[0]
+    return None
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": message, "code": code}, status=status)
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"expected host:port, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+async def _await(awaitable: Any) -> None:
+    try:
+        await awaitable
+    except Exception:
+        logger.exception("membership listener failed")

@@ -1,0 +1,885 @@
+"""SWIM membership with the Lifeguard refinements, as a pure state machine (hashicorp/memberlist).
+
+No sockets, no clock, no module-level random: `tick(now)` and `handle(sender, msg, now)` take the
+time and return the datagrams to send (`Outgoing`); deadlines are stored numbers compared in
+`tick`; every random choice comes from the `random.Random` passed in. The IO layer
+(`cluster.gossip`) and the simulation (`tests/unit/sim.py`) drive the same code.
+
+The protocol
+- Probe: every probe interval (stretched by local health) ping the next member of a shuffled
+  round-robin list. No ack within the probe timeout: ask `indirect_checks` others to ping it
+  (ping-req); they relay the ack, or a nack if they got nothing (Lifeguard: no nacks from them
+  means *we* may be the sick one). No ack by the end of the interval: suspect it.
+- Suspicion: a suspect has `min..max` seconds to refute, shrinking as independent members confirm
+  (suspicion.SuspicionTimer); then it is declared dead. A member refutes a suspicion (or a death
+  notice) about itself by raising its incarnation and gossiping `Alive`.
+- Dissemination: every change is queued and piggybacked on pings, acks and gossip rounds to a few
+  random members, each at most `retransmit_limit` times, newest first. A full state push/pull
+  with a random member (over HTTP in production) repairs what gossip lost, and a periodic
+  push/pull with a random *dead* member heals partitions (serf's reconnect).
+- Join, leave, remove: `start_join` sends our state to seeds; `leave` is an intent
+  (`Leave(node=self)`) sent to every member, after which we are a mesh of one; `remove` is the
+  same intent about someone else at one incarnation past what we knew, so stale `Alive` gossip
+  cannot undo it - only the node itself, rejoining with a higher incarnation, can.
+
+Ordering of updates about one member (what must stay true)
+- A higher incarnation always wins; a lower one is always ignored.
+- At equal incarnations: alive < suspect < dead, left (alive never overrides suspect/dead/left).
+- Only a member itself raises its own incarnation (refute, rejoin), except `remove` (+1).
+- A node restarted under the same name starts from a higher incarnation (the IO layer passes
+  the wall clock in milliseconds), so it overrides whatever the mesh remembers of its last life.
+- Dead and left members stay as tombstones for `reap_after` seconds, so that old gossip about
+  them is recognised as old.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from cluster.messages import (
+    PACKET_OVERHEAD,
+    Ack,
+    Alive,
+    Dead,
+    Leave,
+    MemberState,
+    Message,
+    Nack,
+    Ping,
+    PingReq,
+    PushPull,
+    Suspect,
+    encoded_size,
+)
+from cluster.suspicion import (
+    Awareness,
+    GossipParams,
+    SuspicionTimer,
+    confirmations_wanted,
+    push_pull_interval,
+    retransmit_limit,
+    suspicion_timeout,
+)
+
+logger = logging.getLogger(__name__)
+
+ALIVE: Final = "alive"
+SUSPECT: Final = "suspect"
+DEAD: Final = "dead"
+LEFT: Final = "left"
+_DOWN: Final = (DEAD, LEFT)
+_UP: Final = (ALIVE, SUSPECT)
+
+__all__ = [
+    "ALIVE",
+    "DEAD",
+    "LEFT",
+    "SUSPECT",
+    "GossipParams",
+    "Member",
+    "MemberEvent",
+    "Membership",
+    "Outgoing",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One datagram to send: messages in order; a PushPull goes alone, over HTTP in production."""
+
+    address: str
+    messages: tuple[Message, ...]
+
+    @property
+    def push_pull(self) -> bool:
+        return isinstance(self.messages[0], PushPull)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberEvent:
+    """A member's state changed in our view. `old_state` None: first heard of; `new_state`
+    None: forgotten (reaped, or we left the mesh)."""
+
+    name: str
+    address: str
+    old_state: str | None
+    new_state: str | None
+    incarnation: int
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A snapshot of one member. `since` is the `now` of its last state change."""
+
+    name: str
+    address: str
+    state: str
+    incarnation: int
+    since: float
+
+    def as_dict(self) -> dict[str, str | int]:
+        """The shape of GET /cluster/members."""
+        return {
+            "name": self.name,
+            "address": self.address,
+            "state": self.state,
+            "incarnation": self.incarnation,
+        }
+
+
+class _Record:
+    __slots__ = ("address", "incarnation", "name", "since", "state")
+
+    def __init__(self, name: str, address: str, state: str, incarnation: int, since: float):
+        self.name = name
+        self.address = address
+        self.state = state
+        self.incarnation = incarnation
+        self.since = since
+
+    def snapshot(self) -> Member:
+        return Member(self.name, self.address, self.state, self.incarnation, self.since)
+
+
+class _Probe:
+    __slots__ = (
+        "deadline",
+        "direct_deadline",
+        "expected_nacks",
+        "indirect_sent",
+        "nacks",
+        "seq",
+        "target",
+    )
+
+    def __init__(self, seq: int, target: str, direct_deadline: float, deadline: float) -> None:
+        self.seq = seq
+        self.target = target
+        self.direct_deadline = direct_deadline
+        self.deadline = deadline
+        self.indirect_sent = False
+        self.expected_nacks = 0
+        self.nacks = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Relay:
+    """A ping we sent on behalf of a ping-req: relay the ack to `requester`, or nack."""
+
+    seq: int
+    requester: str
+    deadline: float
+    nack: bool
+
+
+class _Item:
+    __slots__ = ("msg", "order", "size", "transmits")
+
+    def __init__(self, msg: Message, order: int) -> None:
+        self.msg = msg
+        self.order = order
+        self.size = encoded_size(msg)
+        self.transmits = 0
+
+
+class _Broadcasts:
+    """Pending updates, one per member (a newer one replaces the older), fewest sends first.
+
+    Each is sent at most `limit` times; ties go to the newest, as memberlist's
+    TransmitLimitedQueue does, so fresh news overtakes old.
+    """
+
+    __slots__ = ("_counter", "_items")
+
+    def __init__(self) -> None:
+        self._items: dict[str, _Item] = {}
+        self._counter = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, name: str, msg: Message) -> None:
+        self._counter += 1
+        self._items[name] = _Item(msg, self._counter)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def take(self, budget: int, limit: int) -> list[Message]:
+        """Messages fitting in `budget` bytes; each one taken counts as a transmission."""
+        out: list[Message] = []
+        for name, item in sorted(
+            self._items.items(), key=lambda kv: (kv[1].transmits, -kv[1].order)
+        ):
+            if item.size > budget:
+                continue
+            budget -= item.size
+            out.append(item.msg)
+            item.transmits += 1
+            if item.transmits >= limit:
+                del self._items[name]
+        return out
+
+
+class Membership:
+    """One node's view of the mesh and the SWIM protocol that maintains it.
+
+    `incarnation` is where this node's own incarnation starts: pass something that grows across
+    restarts (the wall clock in ms), so a restarted node outbids its previous life.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        params: GossipParams,
+        rng: random.Random,
+        incarnation: int = 0,
+    ) -> None:
+        self.name = name
+        self.address = address
+        self.params = params.validate()
+        self._rng = rng
+        self._me = _Record(name, address, ALIVE, incarnation, 0.0)
+        self._members: dict[str, _Record] = {name: self._me}
+        self._suspicions: dict[str, SuspicionTimer] = {}
+        self._broadcasts = _Broadcasts()
+        self._events: list[MemberEvent] = []
+        self._outbox: list[Outgoing] = []  # sent with the answer to whatever caused them
+        self._awareness = Awareness(params.awareness_max_multiplier)
+        self._probe: _Probe | None = None
+        self._relays: dict[int, _Relay] = {}
+        self._probe_order: list[str] = []
+        self._probe_index = 0
+        self._seq = rng.randrange(1 << 31)
+        self._left = False  # we left (or were removed): a mesh of one until start_join
+        self._joined = False
+        self._started = False
+        self._next_probe = self._next_gossip = self._next_push_pull = self._next_reconnect = 0.0
+
+    # --- queries --------------------------------------------------------------------------------
+
+    @property
+    def incarnation(self) -> int:
+        return self._me.incarnation
+
+    @property
+    def left(self) -> bool:
+        """True after leave() or a forced removal, until start_join()."""
+        return self._left
+
+    @property
+    def joined(self) -> bool:
+        """True once a push/pull answer arrived since the last start_join()."""
+        return self._joined
+
+    @property
+    def health_score(self) -> int:
+        """Lifeguard local health: 0 is healthy; probes slow down by (score + 1)."""
+        return self._awareness.score
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._members
+
+    def member(self, name: str) -> Member | None:
+        record = self._members.get(name)
+        return record.snapshot() if record is not None else None
+
+    def members(self) -> list[Member]:
+        """Every member we know, self included, sorted by name."""
+        return [self._members[n].snapshot() for n in sorted(self._members)]
+
+    def alive_peers(self) -> list[Member]:
+        """Other members currently alive (suspects excluded), sorted by name."""
+        return [
+            r.snapshot()
+            for n, r in sorted(self._members.items())
+            if r.state == ALIVE and r is not self._me
+        ]
+
+    def local_state(self) -> tuple[MemberState, ...]:
+        """Our whole view, for a push/pull."""
+        return tuple(
+            MemberState(r.name, r.address, r.state, r.incarnation) for r in self._members.values()
+        )
+
+    def take_events(self) -> list[MemberEvent]:
+        """State changes since the last call, in order."""
+        events, self._events = self._events, []
+        return events
+
+    def pending_broadcasts(self) -> int:
+        return len(self._broadcasts)
+
+    def next_deadline(self) -> float:
+        """The earliest `now` at which tick() has something to do."""
+        if not self._started:
+            return float("-inf")
+        if self._left:
+            return float("inf")
+        d = min(self._next_probe, self._next_push_pull, self._next_reconnect)
+        if self._broadcasts:
+            d = min(d, self._next_gossip)
+        if self._probe is not None:
+            p = self._probe
+            d = min(d, p.deadline if p.indirect_sent else p.direct_deadline)
+        for relay in self._relays.values():
+            d = min(d, relay.deadline)
+        for timer in self._suspicions.values():
+            d = min(d, timer.deadline)
+        return d
+
+    # --- time -----------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Outgoing]:
+        """Run every timer that is due: relays, the probe, suspicions, then new rounds."""
+        out: list[Outgoing] = []
+        if not self._started:
+            self._start_timers(now)
+        if self._left:
+            return out
+        self._expire_relays(now, out)
+        self._advance_probe(now, out)
+        self._expire_suspicions(now)
+        p = self.params
+        if now >= self._next_probe:
+            self._start_probe(now, out)
+            self._next_probe = now + self._awareness.scale(p.probe_interval)
+        if now >= self._next_gossip:
+            self._next_gossip = now + p.gossip_interval
+            self._gossip(now, out)
+        if now >= self._next_push_pull:
+            self._next_push_pull = now + push_pull_interval(p.push_pull_interval, self._n())
+            self._push_pull_random(out, (ALIVE,))
+        if now >= self._next_reconnect:
+            self._next_reconnect = now + p.reconnect_interval
+            self._push_pull_random(out, (DEAD,))
+        return self._drain(out)
+
+    def _start_timers(self, now: float) -> None:
+        # Random stagger so that nodes started together do not probe and gossip in lockstep.
+        p, rng = self.params, self._rng
+        self._started = True
+        self._me.since = now
+        self._next_probe = now + rng.uniform(0, p.probe_interval)
+        self._next_gossip = now + rng.uniform(0, p.gossip_interval)
+        self._next_push_pull = now + rng.uniform(0, p.push_pull_interval)
+        self._next_reconnect = now + p.reconnect_interval
+
+    def _n(self) -> int:
+        """Cluster size estimate for timeouts and retransmits: members alive or suspect."""
+        return sum(1 for r in self._members.values() if r.state in _UP)
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0x7FFF_FFFF_FFFF_FFFF
+        return self._seq
+
+    # --- probing --------------------------------------------------------------------------------
+
+    def _start_probe(self, now: float, out: list[Outgoing]) -> None:
+        target = self._next_probe_target(now)
+        if target is None:
+            return
+        p = self.params
+        seq = self._next_seq()
+        msgs: list[Message] = [Ping(seq, target.name, self.name, self.address)]
+        if target.state == SUSPECT:  # give it the accusation now, so it can refute at once
+            msgs.append(Suspect(target.name, target.incarnation, self.name))
+        out.append(self._packet(target.address, msgs))
+        interval = self._awareness.scale(p.probe_interval)
+        self._probe = _Probe(seq, target.name, now + p.probe_timeout, now + interval)
+
+    def _next_probe_target(self, now: float) -> _Record | None:
+        """Round-robin over a shuffled list, reshuffled (and reaped) at each wrap (memberlist)."""
+        checked = 0
+        while checked <= len(self._probe_order):
+            if self._probe_index >= len(self._probe_order):
+                self._reset_probe_order(now)
+                if not self._probe_order:
+                    return None
+            name = self._probe_order[self._probe_index]
+            self._probe_index += 1
+            checked += 1
+            record = self._members.get(name)
+            if record is not None and record.state in _UP:
+                return record
+        return None
+
+    def _reset_probe_order(self, now: float) -> None:
+        self._reap(now)
+        self._probe_order = [n for n in self._members if n != self.name]
+        self._rng.shuffle(self._probe_order)
+        self._probe_index = 0
+
+    def _reap(self, now: float) -> None:
+        """Forget members dead or left for longer than reap_after."""
+        horizon = now - self.params.reap_after
+        for name in [n for n, r in self._members.items() if r.state in _DOWN and r.since < horizon]:
+            record = self._members.pop(name)
+            self._event(record, record.state, None)
+
+    def _advance_probe(self, now: float, out: list[Outgoing]) -> None:
+        probe = self._probe
+        if probe is None:
+            return
+        target = self._members.get(probe.target)
+        if target is None or target.state in _DOWN:
+            self._probe = None  # it was declared dead or left meanwhile: nothing to find out
+            return
+        if not probe.indirect_sent and now >= probe.direct_deadline:
+            probe.indirect_sent = True
+            candidates = [
+                r
+                for r in self._members.values()
+                if r.state == ALIVE and r is not self._me and r is not target
+            ]
+            helpers = self._rng.sample(
+                candidates, min(self.params.indirect_checks, len(candidates))
+            )
+            for helper in helpers:
+                req = PingReq(
+                    probe.seq, target.name, target.address, self.name, self.address, nack=True
+                )
+                out.append(self._packet(helper.address, [req]))
+            probe.expected_nacks = len(helpers)
+        if now >= probe.deadline:
+            self._probe = None
+            # Lifeguard: missing nacks mean our own link may be the problem; no helpers, no proof.
+            if probe.expected_nacks > 0:
+                self._awareness.apply(probe.expected_nacks - probe.nacks)
+            else:
+                self._awareness.apply(1)
+            logger.debug("node=%s peer=%s no ack, suspecting it", self.name, target.name)
+            self._on_suspect(Suspect(target.name, target.incarnation, self.name), now)
+
+    def _expire_relays(self, now: float, out: list[Outgoing]) -> None:
+        for seq in [s for s, r in self._relays.items() if now >= r.deadline]:
+            relay = self._relays.pop(seq)
+            if relay.nack:
+                out.append(Outgoing(relay.requester, (Nack(relay.seq, self.name),)))
+
+    def _expire_suspicions(self, now: float) -> None:
+        for name in [n for n, t in self._suspicions.items() if now >= t.deadline]:
+            timer = self._suspicions.pop(name)
+            record = self._members.get(name)
+            if record is None or record.state != SUSPECT:
+                continue
+            logger.debug(
+                "node=%s peer=%s suspicion timed out (%d confirmations)", self.name, name, timer.n
+            )
+            self._on_dead(Dead(name, record.incarnation, self.name), now)
+
+    # --- gossip ---------------------------------------------------------------------------------
+
+    def _packet(self, address: str, msgs: list[Message]) -> Outgoing:
+        """`msgs` behind as many pending updates as fit in one datagram.
+
+        Updates go first: a receiver applies them before it answers a ping, so its ack already
+        carries whatever they made it say (a refutation, above all).
+        """
+        if not self._broadcasts:
+            return Outgoing(address, tuple(msgs))
+        budget = self.params.packet_budget - PACKET_OVERHEAD
+        budget -= sum(encoded_size(m) for m in msgs)
+        limit = retransmit_limit(self.params.retransmit_mult, self._n())
+        return Outgoing(address, (*self._broadcasts.take(budget, limit), *msgs))
+
+    def _gossip(self, now: float, out: list[Outgoing]) -> None:
+        if not self._broadcasts:
+            return
+        horizon = now - self.params.gossip_to_dead_time
+        candidates = [
+            r
+            for r in self._members.values()
+            if r is not self._me and (r.state in _UP or (r.state == DEAD and r.since >= horizon))
+        ]
+        for target in self._rng.sample(candidates, min(self.params.gossip_nodes, len(candidates))):
+            packet = self._packet(target.address, [])
+            if not packet.messages:
+                return
+            out.append(packet)
+
+    def _broadcast(self, name: str, msg: Message) -> None:
+        self._broadcasts.add(name, msg)
+
+    def _push_pull_random(self, out: list[Outgoing], states: tuple[str, ...]) -> None:
+        candidates = [r for r in self._members.values() if r.state in states and r is not self._me]
+        if candidates:
+            target = self._rng.choice(candidates)
+            out.append(Outgoing(target.address, (self._state_message(join=False, reply=False),)))
+
+    def _state_message(self, join: bool, reply: bool) -> PushPull:
+        return PushPull(self.name, self.address, join, reply, self.local_state())
+
+    # --- messages -------------------------------------------------------------------------------
+
+    def handle(self, sender_address: str, msg: Message, now: float) -> list[Outgoing]:
+        """Apply one received message; return what to send in answer.
+
+        `sender_address` is where the datagram came from (for logs: answers go to the address
+        the message itself names, which survives NAT and advertise addresses).
+        """
+        logger.debug("node=%s from=%s %r", self.name, sender_address, msg)
+        out = self._handle(msg, now)
+        return self._drain(out)
+
+    def _drain(self, out: list[Outgoing]) -> list[Outgoing]:
+        if self._outbox:
+            out.extend(self._outbox)
+            self._outbox = []
+        return out
+
+    def _handle(self, msg: Message, now: float) -> list[Outgoing]:
+        match msg:
+            case Ping():
+                return self._on_ping(msg)
+            case Ack():
+                return self._on_ack(msg)
+            case PingReq():
+                return self._on_ping_req(msg, now)
+            case Nack():
+                if self._probe is not None and msg.seq == self._probe.seq:
+                    self._probe.nacks += 1
+            case Suspect():
+                self._on_suspect(msg, now)
+            case Alive():
+                self._on_alive(msg, now)
+            case Dead():
+                self._on_dead(msg, now)
+            case Leave():
+                self._on_leave(msg, now)
+            case PushPull():
+                if msg.reply:
+                    self._joined = True
+                    if not self._left:  # we left meanwhile: the mesh's view is not ours any more
+                        self.merge_state(msg.members, now)
+                    return []
+                reply, out = self.push_pull_reply(msg, now)
+                out.append(Outgoing(msg.address, (reply,)))
+                return out
+        return []
+
+    def _on_ping(self, msg: Ping) -> list[Outgoing]:
+        if msg.target != self.name:
+            return []  # meant for a previous owner of this address
+        msgs: list[Message] = [Ack(msg.seq, self.name)]
+        if self._left:
+            # It still thinks we are in its mesh: tell it we left.
+            msgs.insert(0, Leave(self.name, self._me.incarnation, self.name))
+            return [Outgoing(msg.source_address, tuple(msgs))]
+        record = self._members.get(msg.source)
+        if record is not None and record.state != ALIVE and record.address == msg.source_address:
+            # It does not know what we think of it: tell it, so it can refute (or obey a removal).
+            msgs.insert(0, self._status_message(record))
+        return [self._packet(msg.source_address, msgs)]
+
+    def _status_message(self, record: _Record) -> Message:
+        if record.state == SUSPECT:
+            return Suspect(record.name, record.incarnation, self.name)
+        if record.state == DEAD:
+            return Dead(record.name, record.incarnation, self.name)
+        return Leave(record.name, record.incarnation, self.name)
+
+    def _on_ack(self, msg: Ack) -> list[Outgoing]:
+        probe = self._probe
+        if probe is not None and msg.seq == probe.seq:
+            self._probe = None
+            self._awareness.apply(-1)
+            return []
+        relay = self._relays.pop(msg.seq, None)
+        if relay is None:
+            return []  # late or unknown: the probe it answers is over
+        return [Outgoing(relay.requester, (Ack(relay.seq, msg.source),))]
+
+    def _on_ping_req(self, msg: PingReq, now: float) -> list[Outgoing]:
+        if self._left:
+            return []  # we are not in that mesh any more
+        if msg.target == self.name:
+            return [Outgoing(msg.source_address, (Ack(msg.seq, self.name),))]
+        seq = self._next_seq()
+        deadline = now + self.params.probe_timeout
+        self._relays[seq] = _Relay(msg.seq, msg.source_address, deadline, msg.nack)
+        return [self._packet(msg.target_address, [Ping(seq, msg.target, self.name, self.address)])]
+
+    def _on_alive(self, msg: Alive, now: float) -> None:
+        me = self._me
+        if msg.node == self.name:
+            if self._left:
+                return  # we left: echoes of our old alive messages must not pull us back in
+            if msg.incarnation < me.incarnation:
+                return  # old news about us
+            if msg.incarnation == me.incarnation and msg.address == me.address:
+                return  # our own announcement, echoed back
+            # Someone claims a newer us, or our name at another address: outbid it.
+            logger.warning(
+                "node=%s alive message about us at %s (incarnation %d): refuting",
+                self.name,
+                msg.address,
+                msg.incarnation,
+            )
+            self._refute(msg.incarnation)
+            return
+        if self._left:
+            return  # we left the mesh: its news is not ours until we join again
+        record = self._members.get(msg.node)
+        if record is None:
+            record = _Record(msg.node, msg.address, ALIVE, msg.incarnation, now)
+            self._members[msg.node] = record
+            # A random slot, not the end: appending everywhere would make new nodes probed last.
+            self._probe_order.insert(self._rng.randint(0, len(self._probe_order)), msg.node)
+            self._event(record, None, ALIVE)
+            self._broadcast(msg.node, msg)
+            return
+        if msg.incarnation <= record.incarnation:
+            return  # ignore old incarnation numbers
+        if record.address != msg.address and record.state in _UP:
+            # Two live processes claim one name: keep the first until it fails.
+            logger.warning(
+                "node=%s peer=%s conflicting address %s (we know %s, %s)",
+                self.name,
+                msg.node,
+                msg.address,
+                record.address,
+                record.state,
+            )
+            return
+        self._suspicions.pop(msg.node, None)
+        old = record.state
+        record.incarnation = msg.incarnation
+        record.address = msg.address
+        if old != ALIVE:
+            record.state = ALIVE
+            record.since = now
+            self._event(record, old, ALIVE)
+        self._broadcast(msg.node, msg)
+
+    def _on_suspect(self, msg: Suspect, now: float) -> None:
+        if msg.node == self.name:
+            if self._left:
+                return  # we left: accusations no longer concern us
+            if msg.incarnation < self._me.incarnation:
+                return  # an old accusation, already refuted
+            logger.debug("node=%s refuting a suspicion from %s", self.name, msg.sender)
+            self._refute(msg.incarnation)
+            return
+        if self._left:
+            return  # we left the mesh: its news is not ours until we join again
+        record = self._members.get(msg.node)
+        if record is None:
+            return  # never heard of it: nothing to suspect
+        if msg.incarnation < record.incarnation:
+            return  # ignore old incarnation numbers
+        timer = self._suspicions.get(msg.node)
+        if timer is not None and msg.incarnation == record.incarnation:
+            # Lifeguard: an independent confirmation shortens the timeout and is worth spreading.
+            if timer.confirm(msg.sender, now):
+                self._broadcast(msg.node, msg)
+            return
+        if record.state in _DOWN:
+            return  # already dead or left: a suspicion adds nothing
+        old = record.state
+        record.state = SUSPECT
+        record.incarnation = msg.incarnation
+        record.since = now
+        n = self._n()
+        p = self.params
+        min_timeout = suspicion_timeout(p.suspicion_mult, n, p.probe_interval)
+        self._suspicions[msg.node] = SuspicionTimer(
+            msg.sender,
+            confirmations_wanted(p.suspicion_mult, n),
+            min_timeout,
+            min_timeout * p.suspicion_max_timeout_mult,
+            now,
+        )
+        if old != SUSPECT:
+            self._event(record, old, SUSPECT)
+        self._broadcast(msg.node, msg)
+
+    def _on_dead(self, msg: Dead, now: float) -> None:
+        if msg.node == self.name:
+            if self._left:
+                return  # we left: a death notice is old news
+            if msg.incarnation < self._me.incarnation:
+                return  # an old death notice, already refuted
+            logger.debug("node=%s refuting a death notice from %s", self.name, msg.sender)
+            self._refute(msg.incarnation)
+            return
+        if self._left:
+            return  # we left the mesh: its news is not ours until we join again
+        record = self._members.get(msg.node)
+        if record is None:
+            return  # never heard of it: nothing to bury
+        if msg.incarnation < record.incarnation:
+            return  # ignore old incarnation numbers
+        if record.state in _DOWN:
+            return  # already dead or left
+        self._set_down(record, DEAD, msg.incarnation, now)
+        self._broadcast(msg.node, msg)
+
+    def _on_leave(self, msg: Leave, now: float) -> None:
+        if msg.node == self.name:
+            if self._left:
+                return  # already out
+            if msg.incarnation < self._me.incarnation:
+                return  # an old leave or removal: we have joined again since
+            # At or past our incarnation, and we did not leave: an operator removed us. Obey.
+            logger.warning("node=%s removed from the mesh by %s", self.name, msg.sender)
+            self._enter_left(msg.incarnation, now)
+            return
+        if self._left:
+            return  # we left the mesh: its news is not ours until we join again
+        record = self._members.get(msg.node)
+        if record is None:
+            return  # never heard of it: nothing to forget
+        if msg.incarnation < record.incarnation:
+            return  # ignore old incarnation numbers
+        if record.state == LEFT:
+            if msg.incarnation > record.incarnation:  # a removal outbidding a graceful leave
+                record.incarnation = msg.incarnation
+                self._broadcast(msg.node, msg)
+            return
+        self._set_down(record, LEFT, msg.incarnation, now)
+        self._broadcast(msg.node, msg)
+
+    def _set_down(self, record: _Record, state: str, incarnation: int, now: float) -> None:
+        self._suspicions.pop(record.name, None)
+        old = record.state
+        record.state = state
+        record.incarnation = incarnation
+        record.since = now
+        self._event(record, old, state)
+
+    def _refute(self, accused: int) -> None:
+        """Outbid an accusation: an incarnation above both ours and the accused one.
+
+        A lost refutation is the one loss that gets a healthy node declared dead, so it is not
+        left to epidemic chance alone (memberlist only gossips it): it is also sent once straight
+        to every member. Refutations are rare; one datagram per member each is cheap.
+        """
+        me = self._me
+        me.incarnation = max(me.incarnation + 1, accused + 1)
+        self._awareness.apply(1)  # Lifeguard: being suspected hints that we are slow
+        alive = Alive(self.name, self.address, me.incarnation)
+        self._broadcast(self.name, alive)
+        self._outbox.extend(
+            Outgoing(r.address, (alive,))
+            for r in self._members.values()
+            if r is not self._me and r.state in _UP
+        )
+
+    def _event(self, record: _Record, old: str | None, new: str | None) -> None:
+        self._events.append(MemberEvent(record.name, record.address, old, new, record.incarnation))
+
+    # --- push/pull ------------------------------------------------------------------------------
+
+    def merge_state(self, remote: Iterable[MemberState], now: float) -> None:
+        """Fold a remote full state into ours, as if each entry had been gossiped.
+
+        A remote "dead" only makes a member suspect here (memberlist): it gets its own chance to
+        refute before we bury it on someone else's word.
+        """
+        for r in remote:
+            if r.state == ALIVE:
+                self._on_alive(Alive(r.name, r.address, r.incarnation), now)
+            elif r.state == LEFT:
+                self._on_leave(Leave(r.name, r.incarnation, self.name), now)
+            else:
+                self._on_suspect(Suspect(r.name, r.incarnation, self.name), now)
+
+    def push_pull_reply(self, request: PushPull, now: float) -> tuple[PushPull, list[Outgoing]]:
+        """Answer a push/pull request: merge it, then reply with our state (after the merge, so
+        a refutation it provoked is already in the answer)."""
+        out: list[Outgoing] = []
+        if self._left:
+            if not request.join:
+                return self._state_message(join=False, reply=True), out  # tell it we left
+            self._rejoin(now)  # someone joins through us: we are a mesh again
+        self.merge_state(request.members, now)
+        return self._state_message(join=request.join, reply=True), self._drain(out)
+
+    # --- join, leave, remove --------------------------------------------------------------------
+
+    def start_join(self, seeds: Iterable[str], now: float) -> list[Outgoing]:
+        """Push/pull requests to the seeds; `joined` turns True when one answers."""
+        if self._left:
+            self._rejoin(now)
+        self._joined = False
+        request = self._state_message(join=True, reply=False)
+        targets = [s for s in dict.fromkeys(seeds) if s != self.address]
+        return [Outgoing(seed, (request,)) for seed in targets]
+
+    def join_message(self) -> PushPull:
+        """The push/pull request a joining node sends (what start_join sends to each seed)."""
+        return self._state_message(join=True, reply=False)
+
+    def leave(self, now: float) -> list[Outgoing]:
+        """Leave gracefully: tell every member directly (they spread it on), then be alone."""
+        if self._left:
+            return []
+        msg = Leave(self.name, self._me.incarnation, self.name)
+        out = [
+            Outgoing(r.address, (msg,))
+            for r in self._members.values()
+            if r is not self._me and r.state in _UP
+        ]
+        self._enter_left(self._me.incarnation, now)
+        return out
+
+    def remove(self, name: str, now: float) -> list[Outgoing]:
+        """Remove `name` from the mesh by force (KeyError if unknown; our own name: leave).
+
+        The removal goes out at one incarnation past what we know, so the member's own alive
+        messages at that incarnation lose to it everywhere; if the member is running it accepts
+        the removal and becomes a mesh of one. It can come back only by joining again.
+        """
+        if name == self.name:
+            return self.leave(now)
+        record = self._members[name]
+        if record.state == LEFT:
+            return []
+        msg = Leave(name, record.incarnation + 1, self.name)
+        self._set_down(record, LEFT, msg.incarnation, now)
+        self._broadcast(name, msg)
+        out = [self._packet(record.address, [msg])]
+        out.extend(
+            Outgoing(r.address, (msg,))
+            for r in self._members.values()
+            if r is not self._me and r.state in _UP
+        )
+        return out
+
+    def _enter_left(self, incarnation: int, now: float) -> None:
+        """Become a mesh of one: forget every peer, stop probing, keep our incarnation."""
+        for record in [r for r in self._members.values() if r is not self._me]:
+            self._event(record, record.state, None)
+        me = self._me
+        me.incarnation = max(me.incarnation, incarnation)
+        old = me.state
+        me.state = LEFT
+        me.since = now
+        self._event(me, old, LEFT)
+        self._members = {self.name: me}
+        self._suspicions.clear()
+        self._broadcasts.clear()
+        self._outbox.clear()
+        self._relays.clear()
+        self._probe = None
+        self._probe_order = []
+        self._probe_index = 0
+        self._left = True
+
+    def _rejoin(self, now: float) -> None:
+        """Come back from a leave or a removal with a higher incarnation, which outbids it."""
+        me = self._me
+        me.incarnation += 1
+        me.state = ALIVE
+        me.since = now
+        self._left = False
+        self._event(me, LEFT, ALIVE)
+        self._broadcast(self.name, Alive(self.name, self.address, me.incarnation))
+        if self._started:
+            self._next_probe = min(self._next_probe, now + self.params.probe_interval)

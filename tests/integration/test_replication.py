@@ -1,0 +1,196 @@
+"""Replication, anti-entropy and snapshots between in-process nodes over real loopback HTTP.
+
+Peers are wired by hand (`replicator.peer_up`), so these tests exercise the data plane alone;
+membership has tests of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from cluster import antientropy
+from cluster.app import Node, build_app
+from cluster.config import Config
+
+
+@dataclass
+class Member:
+    node: Node
+    client: TestClient
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.client.port}"
+
+    @property
+    def name(self) -> str:
+        return self.node.config.name
+
+
+MakeMesh = Callable[..., Awaitable[list[Member]]]
+
+
+@pytest.fixture
+async def make_mesh() -> AsyncIterator[MakeMesh]:
+    started: list[Member] = []
+
+    async def make(n: int, wire: bool = True, **overrides: object) -> list[Member]:
+        members = []
+        for i in range(n):
+            cfg = Config.for_tests(name=f"n{i}", antientropy_interval=3600.0, **overrides)
+            node = Node(cfg)
+            client = TestClient(TestServer(build_app(node)))
+            await client.start_server()
+            members.append(Member(node, client))
+        started.extend(members)
+        if wire:
+            for a in members:
+                for b in members:
+                    if a is not b:
+                        a.node.replicator.peer_up(b.name, b.address)
+        return members
+
+    yield make
+    for m in started:
+        await m.client.close()
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.01)
+
+
+def value(m: Member, key: str) -> str | None:
+    e = m.node.store.get(key, m.node.clock.wall())
+    return e.value if e is not None else None
+
+
+async def test_sync_write_reaches_every_peer_before_the_answer(make_mesh: MakeMesh) -> None:
+    a, b, c = await make_mesh(3)
+    resp = await a.client.put("/keys/k", json={"value": "v1"})
+    assert resp.status == 200
+    assert resp.headers["X-Replicas"] == "3/3"
+    assert value(b, "k") == "v1"
+    assert value(c, "k") == "v1"
+
+
+async def test_every_kind_of_write_replicates(make_mesh: MakeMesh) -> None:
+    a, b = await make_mesh(2)
+    await a.client.put("/keys", json={"x": "1", "y": "2", "z": "3"})
+    await a.client.put("/keys/t", json={"value": "ttl", "ttl": 100})
+    await a.client.delete("/keys/y")
+    assert (value(b, "x"), value(b, "y"), value(b, "z")) == ("1", None, "3")
+    t = b.node.store.entry("t")
+    assert t is not None and t.expires is not None  # the absolute expiry travels with the value
+    batch = b.node.store.entry("x")
+    assert batch is not None and batch.ts == b.node.store.entry("z").ts  # one timestamp
+    await a.client.delete("/keys")
+    assert len(b.node.store) == 0
+    assert b.node.store.clear_version == a.node.store.clear_version
+
+
+async def test_conflicting_writes_converge_to_the_greatest_version(make_mesh: MakeMesh) -> None:
+    a, b = await make_mesh(2, wire=False)
+    await a.client.put("/keys/k", json={"value": "from-a"})
+    await b.client.put("/keys/k", json={"value": "from-b"})
+    a.node.replicator.peer_up(b.name, b.address)
+    b.node.replicator.peer_up(a.name, a.address)
+    await a.node.repair_once()
+    ea, eb = a.node.store.entry("k"), b.node.store.entry("k")
+    assert ea is not None and eb is not None
+    assert (ea.ts, ea.node, ea.value) == (eb.ts, eb.node, eb.value)
+    assert a.node.store.digests() == b.node.store.digests()
+
+
+async def test_async_mode_answers_before_the_peers(make_mesh: MakeMesh) -> None:
+    a, b = await make_mesh(2, write_mode="async")
+    resp = await a.client.get("/set", params={"k": "k", "v": "v"})
+    assert resp.headers["X-Replicas"] == "1/2"
+    await eventually(lambda: value(b, "k") == "v")
+
+
+async def test_unreachable_peer_gets_hints_when_it_comes_back(make_mesh: MakeMesh) -> None:
+    (a,) = await make_mesh(1, replication_timeout=0.2)
+    # A peer that does not listen yet: writes time out, stay queued as hints.
+    b_node = Node(Config.for_tests(name="late", antientropy_interval=3600.0))
+    b_server = TestServer(build_app(b_node))
+    await b_server.start_server()
+    port = b_server.port
+    await b_server.close()
+    a.node.replicator.peer_up("late", f"127.0.0.1:{port}")
+    resp = await a.client.put("/keys/k", json={"value": "v"})
+    assert resp.headers["X-Replicas"] == "1/2"
+    assert a.node.replicator.links["late"].queued_mutations == 1
+    b_server = TestServer(build_app(b_node), port=port)
+    await b_server.start_server()
+    try:
+        await eventually(lambda: b_node.store.get("k", b_node.clock.wall()) is not None)
+    finally:
+        await b_server.close()
+
+
+async def test_anti_entropy_repairs_writes_replication_missed(make_mesh: MakeMesh) -> None:
+    a, b = await make_mesh(2)
+    # Writes straight into a's store never went through replication.
+    ts = a.node.hlc.now()
+    for i in range(500):
+        a.node.store.apply(f"miss-{i}", f"v{i}", ts, a.name)
+    ts = b.node.hlc.now()
+    b.node.store.apply("only-b", "b", ts, b.name)
+    result = await a.node.repair_once()
+    assert result is not None and result.complete
+    assert result.sent == 500 and result.applied == 1
+    assert value(b, "miss-499") == "v499" and value(a, "only-b") == "b"
+    assert a.node.store.digests() == b.node.store.digests()
+    again = await a.node.repair_once()
+    assert again is not None and again.differing == 0
+
+
+async def test_snapshot_streams_everything_including_tombstones(make_mesh: MakeMesh) -> None:
+    a, b = await make_mesh(2, wire=False)
+    await a.client.put("/keys", json={f"k{i:05d}": str(i) for i in range(12_000)})
+    await a.client.delete("/keys/k00007")
+    got = await antientropy.pull_snapshot(
+        b.node.store, b.node.hlc, b.node.client, a.address, page=5_000
+    )
+    assert got == 12_000  # 11,999 values and one tombstone
+    assert len(b.node.store) == 11_999
+    assert b.node.store.entry("k00007") is not None  # the tombstone came too
+    assert a.node.store.digests() == b.node.store.digests()
+
+
+async def test_cluster_key_refuses_unsigned_replication(make_mesh: MakeMesh) -> None:
+    a, b = await make_mesh(2, cluster_key="secret", replication_timeout=0.3)
+    resp = await a.client.put("/keys/ok", json={"value": "signed"})
+    assert resp.headers["X-Replicas"] == "2/2"
+    stranger = Node(Config.for_tests(name="stranger", cluster_key="other"))
+    await stranger.client.start()
+    try:
+        stranger.replicator.peer_up(a.name, a.address)
+        acked, expected = await stranger.replicate(stranger.kv.set("evil", "x"))
+        assert (acked, expected) == (1, 2)
+        with pytest.raises(Exception, match="401"):
+            await antientropy.repair_with(
+                stranger.store, stranger.hlc, stranger.client, a.address
+            )
+    finally:
+        await stranger.replicator.close()
+        await stranger.client.close()
+    assert value(a, "evil") is None
+    assert a.node.internal.rejected_unauthenticated >= 2
+    assert value(b, "ok") == "signed"
+
+
+async def test_malformed_replication_is_refused_and_changes_nothing(make_mesh: MakeMesh) -> None:
+    (a,) = await make_mesh(1)
+    for body in [b"", b"{", b"[]", b'{"v": 1}', b'{"v":1,"from":"x","stable":0,"batches":[[1]]}']:
+        resp = await a.client.post("/internal/replicate", data=body)
+        assert resp.status == 400
+        assert (await resp.json())["code"] == "INVALID_BODY"
+    assert len(a.node.store) == 0
