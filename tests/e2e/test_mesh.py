@@ -1,0 +1,231 @@
+"""The mesh end to end: real node.py processes on loopback, joined by gossip.
+
+Fast membership timing (probe every 0.2 s) keeps each test to seconds; the bounds asserted are
+derived from those parameters with generous slack for a loaded 2-core machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from loadtest import procs
+
+pytestmark = pytest.mark.e2e
+
+FAST = [
+    "--probe-interval",
+    "0.2",
+    "--probe-timeout",
+    "0.1",
+    "--gossip-interval",
+    "0.05",
+    "--push-pull-interval",
+    "1",
+    "--antientropy-interval",
+    "0.5",
+    "--replication-timeout",
+    "1",
+    "--log-level",
+    "INFO",
+]
+
+
+def call(
+    url: str, method: str = "GET", body: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, Any, dict[str, str]]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            raw = r.read()
+            return r.status, json.loads(raw) if raw else None, dict(r.headers)
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        return e.code, json.loads(raw) if raw else None, dict(e.headers)
+
+
+def eventually(check: Callable[[], bool], timeout: float = 15.0, what: str = "") -> float:
+    """Poll `check` until true; returns the seconds it took (fails after `timeout`)."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"not within {timeout}s: {what}")
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def states(node: procs.NodeProc) -> dict[str, str]:
+    _, body, _ = call(node.url + "/cluster/members")
+    return {m["name"]: m["state"] for m in body["members"]}
+
+
+def dump(node: procs.NodeProc) -> dict[str, str]:
+    _, body, _ = call(node.url + "/getAll")
+    return dict(body)
+
+
+class Mesh:
+    def __init__(self, tmp: Any) -> None:
+        self.tmp = tmp
+        self.nodes: list[procs.NodeProc] = []
+
+    def start(self, *args: str, join: procs.NodeProc | None = None, **kw: Any) -> procs.NodeProc:
+        extra = ["--join", f"127.0.0.1:{join.port}"] if join is not None else []
+        node = procs.start_node(*FAST, *extra, *args, log_dir=self.tmp, **kw)
+        self.nodes.append(node)
+        return node
+
+    def formed(self, nodes: list[procs.NodeProc]) -> None:
+        names = {n.name for n in nodes}
+        for n in nodes:
+            eventually(
+                lambda n=n: {k for k, v in states(n).items() if v == "alive"} >= names,
+                what=f"{n.name} sees {names} alive",
+            )
+
+    def stop_all(self) -> None:
+        for n in self.nodes:
+            procs.stop(n.proc)
+
+
+@pytest.fixture
+def mesh(tmp_path: Any) -> Iterator[Mesh]:
+    m = Mesh(tmp_path)
+    try:
+        yield m
+    finally:
+        m.stop_all()
+
+
+@pytest.fixture
+def three(mesh: Mesh) -> list[procs.NodeProc]:
+    a = mesh.start()
+    b = mesh.start(join=a)
+    c = mesh.start(join=a)
+    mesh.formed([a, b, c])
+    return [a, b, c]
+
+
+def test_every_kind_of_write_reaches_every_node(three: list[procs.NodeProc]) -> None:
+    a, b, c = three
+    status, _, headers = call(a.url + "/keys/k1", "PUT", {"value": "v1"})
+    assert status == 200
+    assert headers["X-Replicas"] == "3/3"
+    call(b.url + "/keys?expire_in=100", "PUT", {"x": "1", "y": "2"})
+    call(c.url + "/set?k=z&v=3")
+    call(a.url + "/keys/t", "PUT", {"value": "ttl", "ttl": 100})
+    call(b.url + "/rm?k=y")
+    for n in three:  # sync mode: every acknowledged write is already everywhere
+        assert dump(n) == {"k1": "v1", "x": "1", "z": "3", "t": "ttl"}
+        _, body, _ = call(n.url + "/keys/t")
+        assert 90 < body["ttl"] <= 100
+    call(c.url + "/keys", "DELETE")
+    for n in three:
+        assert dump(n) == {}
+
+
+def test_concurrent_conflicting_writes_converge(three: list[procs.NodeProc]) -> None:
+    def writer(node: procs.NodeProc, tag: str) -> None:
+        for i in range(60):
+            call(f"{node.url}/set?k=key{i % 10}&v={tag}{i}")
+
+    threads = [threading.Thread(target=writer, args=(n, n.name)) for n in three]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    eventually(lambda: dump(three[0]) == dump(three[1]) == dump(three[2]), what="converged")
+    assert len(dump(three[0])) == 10
+
+
+def test_a_joiner_streams_5000_keys_and_serves_only_when_synced(mesh: Mesh) -> None:
+    a = mesh.start()
+    for start in range(0, 5000, 1000):
+        call(
+            a.url + "/keys", "PUT", {f"key{i:05d}": f"value{i}" for i in range(start, start + 1000)}
+        )
+    d = mesh.start(join=a)  # start_node returns once /health answers 200: synced
+    _, health, _ = call(d.url + "/health")
+    assert health["status"] == "ok"
+    assert health["keys"] == 5000
+    assert dump(d) == dump(a)
+
+
+def test_kill_9_is_detected_and_a_restart_catches_up(
+    mesh: Mesh, three: list[procs.NodeProc]
+) -> None:
+    a, b, c = three
+    os.kill(c.proc.pid, signal.SIGKILL)
+    c.proc.wait()
+    took = eventually(
+        lambda: states(a)[c.name] != "alive" and states(b)[c.name] != "alive",
+        what="the crash seen by both",
+    )
+    assert took < 5.0  # probe 0.2 s: suspicion within a few probe rounds
+    eventually(lambda: states(a)[c.name] == "dead", what="declared dead")
+    status, _, headers = call(a.url + "/set?k=while-down&v=1")
+    assert status == 200
+    assert headers["X-Replicas"] == "2/2"
+    # Restart under the same name and port: memory is empty, it rejoins and catches up.
+    c2 = mesh.start(join=a, port=c.port, name=c.name)
+    mesh.formed([a, b, c2])
+    assert dump(c2) == dump(a)
+    _, members, _ = call(a.url + "/cluster/members")
+    assert {m["name"]: m["state"] for m in members["members"]}[c.name] == "alive"
+
+
+def test_leave_remove_and_join_admin_calls(mesh: Mesh, three: list[procs.NodeProc]) -> None:
+    a, b, c = three
+    status, body, _ = call(c.url + "/cluster/leave", "POST")
+    assert status == 200
+    eventually(lambda: states(a).get(c.name) in ("left", None), what="c seen as left")
+    assert [m["name"] for m in call(c.url + "/cluster/members")[1]["members"]] == [c.name]
+    call(c.url + "/set?k=solo&v=1")  # a mesh of one still serves
+    status, body, _ = call(c.url + "/cluster/join", "POST", {"seeds": [f"127.0.0.1:{a.port}"]})
+    assert status == 200
+    assert {m["name"] for m in body["members"]} >= {a.name, b.name, c.name}
+    mesh.formed([a, b, c])
+    status, body, _ = call(a.url + "/cluster/remove", "POST", {"name": b.name})
+    assert status == 200
+    eventually(lambda: states(c).get(b.name) in ("left", None), what="b removed everywhere")
+    status, body, _ = call(a.url + "/cluster/remove", "POST", {"name": "nobody"})
+    assert (status, body["code"]) == (404, "NOT_FOUND")
+    port = procs.free_port()
+    status, body, _ = call(a.url + "/cluster/join", "POST", {"seeds": [f"127.0.0.1:{port}"]})
+    assert (status, body["code"]) == (502, "NO_SEED_REACHABLE")
+
+
+def test_cluster_key_keeps_a_stranger_out(mesh: Mesh) -> None:
+    a = mesh.start("--cluster-key", "s3cret")
+    b = mesh.start("--cluster-key", "s3cret", join=a)
+    mesh.formed([a, b])
+    stranger = mesh.start("--cluster-key", "other")
+    seeds = {"seeds": [f"127.0.0.1:{a.port}"]}
+    status, body, _ = call(stranger.url + "/cluster/join", "POST", seeds)
+    assert (status, body["code"]) == (502, "NO_SEED_REACHABLE")  # a refused push/pull
+    time.sleep(1.0)  # several probe rounds: the stranger must never appear
+    assert stranger.name not in states(a)
+    assert stranger.name not in states(b)
+    call(a.url + "/set?k=secret&v=1")
+    assert call(stranger.url + "/get?k=secret")[0] == 404
+
+
+def test_admin_token_guards_mutating_cluster_calls(mesh: Mesh) -> None:
+    a = mesh.start("--admin-token", "t0k")
+    assert call(a.url + "/cluster/members")[0] == 200
+    status, body, _ = call(a.url + "/cluster/leave", "POST")
+    assert (status, body["code"]) == (401, "UNAUTHORIZED")
+    status, body, _ = call(a.url + "/cluster/remove", "POST", {"name": "x"})
+    assert status == 401
+    ok = call(a.url + "/cluster/leave", "POST", headers={"Authorization": "Bearer t0k"})
+    assert ok[0] == 200
