@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -81,15 +82,26 @@ def decode_clear(raw: object) -> Version:
 
 
 def merge_entries(store: Store, hlc: HybridClock, entries: Iterable[Mutation]) -> tuple[int, int]:
-    """Merge repaired or snapshot entries; (applied, refused for clock skew)."""
+    """Merge repaired or snapshot entries; (applied, refused for clock skew).
+
+    The clock is read once per call, not per entry: entries beyond the maximum offset are
+    refused, and the clock observes the greatest accepted timestamp once.
+    """
     applied = refused = 0
+    limit = hlc.limit()
+    greatest = 0
+    apply = store.apply
     for m in entries:
-        try:
-            hlc.observe(m.ts)
-        except ClockSkewError:
+        if m.ts > limit:
             refused += 1
             continue
-        applied += store.apply(m.key, m.value, m.ts, m.node, m.expires)
+        greatest = max(greatest, m.ts)
+        applied += apply(m.key, m.value, m.ts, m.node, m.expires)
+    if greatest:
+        with contextlib.suppress(ClockSkewError):
+            hlc.observe(greatest)
+    if refused:
+        logger.warning("refused %d entries more than the maximum clock offset ahead", refused)
     return applied, refused
 
 
@@ -229,23 +241,39 @@ async def pull_snapshot(
     hlc: HybridClock,
     client: PeerClient,
     address: str,
-    page: int = 5_000,
+    page: int = 10_000,
     within: float = 30.0,
 ) -> int:
-    """Stream a peer's whole data set into the store, page by page; returns entries received."""
-    cursor: str | None = None
-    received = 0
-    while True:
+    """Stream a peer's whole data set into the store, page by page; returns entries received.
+
+    The next page is requested before the current one is merged, so the peer serializes while
+    we apply: the two processes work in parallel.
+    """
+
+    async def fetch(cursor: str | None) -> dict[str, Any]:
         path = f"{SNAPSHOT_PATH}?limit={page}" + (f"&after={cursor}" if cursor else "")
         reply = orjson.loads(await client.request("GET", address, path, within=within))
         if not isinstance(reply, dict):
             raise DecodeError("snapshot page must be an object")
-        merge_clear(store, hlc, decode_clear(reply.get("clear")))
-        entries = decode_entries(reply.get("entries"))
-        merge_entries(store, hlc, entries)
-        received += len(entries)
         cursor = reply.get("next")
-        if cursor is None:
-            return received
-        if not isinstance(cursor, str):
+        if cursor is not None and not isinstance(cursor, str):
             raise DecodeError("bad snapshot cursor")
+        return reply
+
+    received = 0
+    reply = await fetch(None)
+    while True:
+        cursor = reply.get("next")
+        pending = asyncio.create_task(fetch(cursor)) if cursor is not None else None
+        try:
+            merge_clear(store, hlc, decode_clear(reply.get("clear")))
+            entries = decode_entries(reply.get("entries"))
+            merge_entries(store, hlc, entries)
+            received += len(entries)
+        except BaseException:
+            if pending is not None:
+                pending.cancel()
+            raise
+        if pending is None:
+            return received
+        reply = await pending

@@ -73,6 +73,10 @@ class HybridClock:
         self._last = ts
         return ts
 
+    def limit(self) -> int:
+        """The greatest remote timestamp `observe` would accept right now."""
+        return ((int(self._wall() * 1000) + self._max_offset_ms) << LOGICAL_BITS) | LOGICAL_MASK
+
     def check(self, remote: int) -> None:
         """Raise ClockSkewError if `remote` is further ahead than the maximum offset."""
         ahead_ms = (remote >> LOGICAL_BITS) - int(self._wall() * 1000)
