@@ -21,7 +21,11 @@ def main(argv: list[str]) -> int:
         level=config.log_level,
         format=f"%(asctime)s %(levelname)s [{config.name}] %(name)s: %(message)s",
     )
-    uvloop.run(serve(config))
+    try:
+        uvloop.run(serve(config))
+    except OSError as exc:  # a port in use or an address we cannot bind: say so, no traceback
+        logging.getLogger("node").error("cannot start: %s", exc)
+        return 1
     return 0
 
 

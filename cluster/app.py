@@ -320,8 +320,12 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     )
     await runner.setup()
     site = web.TCPSite(runner, node.config.host, node.config.port, reuse_address=True)
-    await site.start()
-    await node.start_mesh(bound_port(runner, node.config.port))
+    try:
+        await site.start()
+        await node.start_mesh(bound_port(runner, node.config.port))
+    except OSError:
+        await runner.cleanup()
+        raise
     stop = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

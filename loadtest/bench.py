@@ -28,6 +28,7 @@ import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -76,10 +77,14 @@ def bench_http(duration: float, rounds: int) -> list[str]:
     nginx_port = procs.free_port()
     ng = procs.static_nginx(nginx_port)
     node = procs.start_node("--log-level", "WARNING", "--tcp-port", "0")
+    bare_port = procs.free_port()
+    bare = subprocess.Popen([sys.executable, "-m", "loadtest.bare_aiohttp", str(bare_port)])
     try:
+        procs.wait_http(f"http://127.0.0.1:{bare_port}/", proc=bare)
         urllib.request.urlopen(f"{node.url}/set?k=benchkey&v=hello-bench").read()
         targets = {
             "nginx static (ceiling)": f"http://127.0.0.1:{nginx_port}/",
+            "bare aiohttp handler (anchor)": f"http://127.0.0.1:{bare_port}/get?k=benchkey",
             "node GET /get?k=": f"{node.url}/get?k=benchkey",
             "node GET /keys/{key}": f"{node.url}/keys/benchkey",
             "node SET /set?k=&v=": f"{node.url}/set?k=benchkey&v=hello-bench-value",
@@ -91,15 +96,18 @@ def bench_http(duration: float, rounds: int) -> list[str]:
         med = {name: median(rs) for name, rs in results.items()}
     finally:
         procs.stop(node.proc)
+        procs.stop(bare)
         procs.stop(ng.proc)
     ceiling = med["nginx static (ceiling)"].rps
+    anchor = med["bare aiohttp handler (anchor)"].rps
     lines = [
-        "| target | requests/s | p50 ms | p99 ms | vs nginx static |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| target | requests/s | p50 ms | p99 ms | vs nginx static | vs bare aiohttp |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, r in med.items():
         lines.append(
-            f"| {name} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.rps / ceiling:.1%} |"
+            f"| {name} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} "
+            f"| {r.rps / ceiling:.1%} | {r.rps / anchor:.0%} |"
         )
     return lines
 
@@ -372,7 +380,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     parser.add_argument("--keys", type=int, default=1_000_000, help="keys for the memory test")
-    parser.add_argument("--only", default="http,memory,line", help="comma-separated sections")
+    parser.add_argument(
+        "--only",
+        default="http,memory,line,mesh",
+        help="comma-separated sections: http, memory, line, mesh, soak",
+    )
+    parser.add_argument("--join-keys", type=int, default=1_000_000, help="keys a joiner streams")
+    parser.add_argument("--soak-seconds", type=float, default=600.0, help="length of the soak")
     parser.add_argument(
         "--line-clients", type=int, default=2, help="client processes for the line section"
     )
@@ -393,6 +407,20 @@ def main(argv: list[str] | None = None) -> int:
     if "line" in sections:
         lines = bench_line(args.duration, args.rounds, args.line_clients)
         print("\n".join(lines), "\n", flush=True)
+    if "mesh" in sections:
+        from loadtest import bench_mesh  # imports this module: late, to avoid a cycle
+
+        for section in (
+            bench_mesh.bench_writes(args.duration, args.rounds),
+            bench_mesh.bench_lag(),
+            bench_mesh.bench_detection(),
+            bench_mesh.bench_join(args.join_keys),
+        ):
+            print("\n".join(section), "\n", flush=True)
+    if "soak" in sections:
+        from loadtest import bench_mesh
+
+        print("\n".join(bench_mesh.bench_soak(args.soak_seconds)), "\n", flush=True)
     return 0
 
 
