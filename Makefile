@@ -5,8 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 N ?= 3
+DURATION ?= 30s
+USERS ?= 50
+SPAWN_RATE ?= 10
+MAX_FAIL_RATIO ?= 0.01
 
-.PHONY: install install-system run stop test lint format bench coverage clean
+.PHONY: install install-system run stop stress verify test lint format bench coverage clean
 
 # The virtualenv with the pinned runtime and development dependencies (re-made when pyproject changes).
 $(STAMP): pyproject.toml
@@ -18,25 +22,54 @@ $(STAMP): pyproject.toml
 # Install the Python environment and, as root, the Debian packages the tests and benchmarks use.
 install: $(STAMP) install-system
 
-# Debian packages: nginx (the balancer, the benchmark ceiling), wrk, redis-server (the anchors).
+# Debian packages (as root, only the missing ones): nginx and its stream module (the balancer, the
+# benchmark ceiling), wrk and redis-server (the benchmark anchors), docker-compose (validates the
+# compose file; no Docker engine needed). As another user it prints what to install instead.
 install-system:
 	@missing=""; \
-	for b in nginx:nginx wrk:wrk redis-server:redis-server; do \
-	  cmd=$${b%%:*}; pkg=$${b##*:}; \
-	  command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$pkg"; \
+	for b in nginx:nginx /usr/lib/nginx/modules/ngx_stream_module.so:libnginx-mod-stream \
+	         wrk:wrk redis-server:redis-server docker-compose:docker-compose; do \
+	  what=$${b%%:*}; pkg=$${b##*:}; \
+	  case $$what in \
+	    /*) [ -e $$what ] || missing="$$missing $$pkg" ;; \
+	    *) command -v $$what >/dev/null 2>&1 || [ -x /usr/sbin/$$what ] || missing="$$missing $$pkg" ;; \
+	  esac; \
 	done; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	  else \
-	    echo "missing Debian packages:$$missing (run 'sudo apt-get install$$missing')"; \
-	  fi; \
+	if [ -z "$$missing" ]; then \
+	  :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else \
+	  echo "install-system: missing Debian packages:$$missing"; \
+	  echo "  run 'sudo make install-system' (or 'sudo apt-get install$$missing');"; \
+	  echo "  without nginx, 'make run' cannot start the balancer and its tests are skipped"; \
 	fi
 
-# Start the product: one node on :8080 (HTTP) and :9888 (line protocol), in the foreground.
-run: $(STAMP)
-	$(BIN)/python node.py --port 8080 --tcp-port 9888
+# Start the product in the foreground: N nodes (N=5 make run) behind nginx, HTTP on :8080 and the
+# line protocol on :9888; each node's log lines are prefixed by its name; Ctrl-C stops everything.
+run: install
+	$(BIN)/python -m loadtest.mesh --nodes $(N)
+
+# Stop a `make run` left in the background (by the PID files in run/, nothing else).
+stop: $(STAMP)
+	$(BIN)/python -m loadtest.mesh --stop
+
+# Locust, headless, against the mesh on :8080 (started for the run if none answers there):
+# DURATION=30s USERS=50 make stress. Prints requests/s, failures and p50/p95/p99, writes the CSV
+# and HTML report to loadtest/reports/, fails if more than MAX_FAIL_RATIO of requests failed.
+stress: install
+	@mkdir -p loadtest/reports
+	$(BIN)/python -m loadtest.mesh --nodes $(N) --reuse --quiet -- \
+	  $(BIN)/locust -f loadtest/locustfile.py --headless --only-summary \
+	  --users $(USERS) --spawn-rate $(SPAWN_RATE) --run-time $(DURATION) \
+	  --host http://127.0.0.1:8080 --max-fail-ratio $(MAX_FAIL_RATIO) \
+	  --csv loadtest/reports/stress --html loadtest/reports/stress.html
+
+# The consistency checker on a mesh of its own (free ports): concurrent writers through nginx, one
+# node killed (-9) and restarted midway, then convergence, lost writes and resurrections checked.
+verify: install
+	$(BIN)/python -m loadtest.check --nodes $(N) --duration $(DURATION) --kill-restart
 
 # Install what is needed and run the whole test suite.
 test: install

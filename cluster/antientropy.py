@@ -22,6 +22,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
@@ -133,25 +134,13 @@ def decode_cursor(cursor: str) -> str:
         raise DecodeError(f"bad cursor: {exc}") from None
 
 
-async def collect_buckets(store: Store, buckets: set[int], chunk: int = 20_000) -> list[Mutation]:
-    """Every stored entry in `buckets`, walking the key index in chunks (yields between)."""
-    out: list[Mutation] = []
-    after: str | None = None
-    while True:
-        found, after = store.entries_in_buckets(buckets, after, chunk)
-        out.extend(found)
-        if after is None:
-            return out
-        await asyncio.sleep(0)
-
-
 # --- the two sides of a repair round ------------------------------------------------------------
 
 
-def digests_reply(store: Store) -> bytes:
-    """Answer to GET /internal/ae/digests."""
+def digests_reply(store: Store, stable: int = 0) -> bytes:
+    """Answer to GET /internal/ae/digests (with our stable timestamp, for tombstone purging)."""
     ts, node = store.clear_version
-    return orjson.dumps({"clear": [ts, node], "digests": store.digests()})
+    return orjson.dumps({"clear": [ts, node], "digests": store.digests(), "stable": stable})
 
 
 async def exchange_reply(store: Store, hlc: HybridClock, body: bytes) -> bytes:
@@ -169,7 +158,8 @@ async def exchange_reply(store: Store, hlc: HybridClock, body: bytes) -> bytes:
         clear = decode_clear(msg["clear"])
     except (orjson.JSONDecodeError, KeyError) as exc:
         raise DecodeError(f"malformed exchange: {exc}") from None
-    mine = await collect_buckets(store, set(buckets))
+    # Read ours and merge theirs in one step (no await): a repaired transaction appears whole.
+    mine = store.entries_in_buckets(buckets)
     merge_clear(store, hlc, clear)
     merge_entries(store, hlc, theirs)
     ts, node = store.clear_version
@@ -183,6 +173,7 @@ class RepairResult:
     received: int  # entries the peer sent
     applied: int  # of those, how many won here
     complete: bool  # every differing bucket was exchanged
+    peer_stable: int | None = None  # the stable timestamp the peer published
 
 
 async def repair_with(
@@ -190,34 +181,40 @@ async def repair_with(
     hlc: HybridClock,
     client: PeerClient,
     address: str,
-    max_buckets: int = 256,
     within: float = 10.0,
+    me: str = "",
+    stable: int = 0,
 ) -> RepairResult:
-    """One anti-entropy round with the peer at `address` (raises PeerError or DecodeError)."""
-    raw = orjson.loads(await client.request("GET", address, DIGESTS_PATH, within=within))
+    """One anti-entropy round with the peer at `address` (raises PeerError or DecodeError).
+
+    `me` and `stable` publish our stable timestamp to the peer (see replication.py).
+    """
+    path = f"{DIGESTS_PATH}?from={quote(me, safe='')}&stable={stable}"
+    raw = orjson.loads(await client.request("GET", address, path, within=within))
     if not isinstance(raw, dict):
         raise DecodeError("digests reply must be an object")
+    peer_stable = raw.get("stable")
+    if not isinstance(peer_stable, int) or isinstance(peer_stable, bool):
+        peer_stable = None
     merge_clear(store, hlc, decode_clear(raw.get("clear")))
     differing = diff_buckets(store.digests(), raw.get("digests"))
     if not differing:
-        return RepairResult(0, 0, 0, 0, True)
-    sent = received = applied = 0
-    # In groups of `max_buckets`, so that no request grows with the number of differences.
-    for start in range(0, len(differing), max_buckets):
-        chosen = differing[start : start + max_buckets]
-        mine = await collect_buckets(store, set(chosen))
-        ts, node = store.clear_version
-        body = orjson.dumps(
-            {"buckets": chosen, "clear": [ts, node], "entries": encode_entries(mine)}
-        )
-        reply = orjson.loads(await client.request("POST", address, EXCHANGE_PATH, body, within))
-        if not isinstance(reply, dict):
-            raise DecodeError("exchange reply must be an object")
-        merge_clear(store, hlc, decode_clear(reply.get("clear")))
-        theirs = decode_entries(reply.get("entries"))
-        won, _ = merge_entries(store, hlc, theirs)
-        sent, received, applied = sent + len(mine), received + len(theirs), applied + won
-    return RepairResult(len(differing), sent, received, applied, True)
+        return RepairResult(0, 0, 0, 0, True, peer_stable)
+    # One exchange for every differing bucket, both sides reading and merging in one step each,
+    # so that a transaction repaired here (its keys spread over many buckets) appears whole.
+    mine = store.entries_in_buckets(differing)
+    ts, node = store.clear_version
+    body = orjson.dumps(
+        {"buckets": differing, "clear": [ts, node], "entries": encode_entries(mine)}
+    )
+    reply = orjson.loads(await client.request("POST", address, EXCHANGE_PATH, body, within))
+    if not isinstance(reply, dict):
+        raise DecodeError("exchange reply must be an object")
+    theirs = decode_entries(reply.get("entries"))
+    clear = decode_clear(reply.get("clear"))
+    merge_clear(store, hlc, clear)
+    applied, _ = merge_entries(store, hlc, theirs)
+    return RepairResult(len(differing), len(mine), len(theirs), applied, True, peer_stable)
 
 
 # --- snapshots ----------------------------------------------------------------------------------

@@ -97,7 +97,10 @@ class Node:
 
     def alive_members(self) -> int:
         """Members currently alive, this node included (a mesh of one until joined)."""
-        return sum(1 for m in self.gossip.members() if m.state == ALIVE)
+        others = sum(
+            1 for m in self.gossip.members() if m.state == ALIVE and m.name != self.config.name
+        )
+        return 1 + others  # this node serves, whatever its own entry says after a leave
 
     def on_member_event(self, event: MemberEvent) -> None:
         """Replicate to members that are up; stop for those down, forget those gone."""
@@ -249,7 +252,14 @@ class Node:
         link = self.rng.choice(links)
         started = self.hlc.last
         try:
-            result = await antientropy.repair_with(self.store, self.hlc, self.client, link.address)
+            result = await antientropy.repair_with(
+                self.store,
+                self.hlc,
+                self.client,
+                link.address,
+                me=self.config.name,
+                stable=self.replicator.stable(),
+            )
         except (PeerError, antientropy.DecodeError) as exc:
             self.repair_failures += 1
             logger.debug(
@@ -258,6 +268,8 @@ class Node:
             return None
         if result.complete:
             link.repaired(started)
+        if result.peer_stable is not None:
+            self.replicator.note_peer_stable(link.name, result.peer_stable)
         if result.differing:
             self.repairs += 1
             logger.info(

@@ -1,9 +1,10 @@
 """Authentication of node-to-node HTTP bodies with the shared cluster key.
 
-When `--cluster-key` is set, every replication, snapshot, anti-entropy and push/pull request
-carries `X-KV-Signature: hex(HMAC-SHA256(key, method + path + body))`; a request without a valid one
-is refused and counted, so a node that does not know the key can neither write data nor learn it.
+When `--cluster-key` is set, every replication, snapshot and anti-entropy request carries
+`X-KV-Signature: hex(HMAC-SHA256(key, method + path + body))`; a request without a valid one is
+refused and counted, so a node that does not know the key can neither write data nor learn it.
 With no key configured every request is accepted (a trusted network, like Redis without AUTH).
+Gossip datagrams and push/pull bodies are signed inside the packet instead (messages.py).
 """
 
 from __future__ import annotations

@@ -168,9 +168,10 @@ class Gossip:
             self.membership = self._new_membership(f"{host}:{port}")  # nothing happened yet
         bind_port = port if port is not None else adv_port
         loop = asyncio.get_running_loop()
-        _, endpoint = await loop.create_datagram_endpoint(
+        transport, endpoint = await loop.create_datagram_endpoint(
             lambda: _Endpoint(self), local_addr=(self.config.host, bind_port)
         )
+        endpoint.transport = transport  # whatever connection_made saw, this is the socket
         self._endpoint = endpoint
         if self._session is None:
             self._session = aiohttp.ClientSession(

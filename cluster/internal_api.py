@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from cluster import antientropy, auth, replication
-from cluster.errors import BadRequest, Unauthorized
+from cluster.errors import BadRequest, BodyTooLarge, Unauthorized
 from cluster.http_api import json_response
 
 if TYPE_CHECKING:
@@ -22,6 +22,21 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_SNAPSHOT_PAGE = 20_000
+# Peers' bodies are not bound by the client body limit: an anti-entropy exchange carries the whole
+# difference between two replicas. Still capped, because it is read before it is authenticated.
+MAX_INTERNAL_BODY = 256 * 1024 * 1024
+
+
+async def read_capped(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge(f"the body is larger than {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class InternalApi:
@@ -39,7 +54,7 @@ class InternalApi:
         ]
 
     async def _authenticated_body(self, request: web.Request) -> bytes:
-        body = await request.read()
+        body = await read_capped(request, MAX_INTERNAL_BODY)
         if not auth.valid(
             self.node.config.cluster_key,
             request.method,
@@ -72,8 +87,13 @@ class InternalApi:
 
     async def digests(self, request: web.Request) -> web.Response:
         await self._authenticated_body(request)
+        q = request.rel_url.query
+        sender, stable = q.get("from", ""), q.get("stable", "")
+        if sender and stable.isdigit():
+            self.node.replicator.note_peer_stable(sender, int(stable))
         return web.Response(
-            body=antientropy.digests_reply(self.node.store), content_type="application/json"
+            body=antientropy.digests_reply(self.node.store, self.node.replicator.stable()),
+            content_type="application/json",
         )
 
     async def exchange(self, request: web.Request) -> web.Response:

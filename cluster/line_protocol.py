@@ -22,7 +22,9 @@ arrives meanwhile is queued behind it (reads included: a read behind a pending w
 it). The drain task then runs the queue in order, awaiting each write's replication, and ends
 when the queue is empty; the connection is back on the synchronous path. A burst of pipelined
 commands therefore costs one task, however many writes it holds, and a `replicate` that does not
-suspend (a mesh of one) costs a plain call inside it.
+suspend (a mesh of one) costs a plain call inside it. In async write mode, where replication only
+queues the batch, the connection runs `replicate` inline up to its first suspension and needs no
+task at all unless it does suspend (measured: about 5 us less per unpipelined write).
 
 Atomicity on this node. `Session.execute` never awaits, so a COMMIT's writes land between two
 commands of any other connection, and the GETs of one chunk that a connection runs synchronously
@@ -355,6 +357,7 @@ class LineConnection(asyncio.Protocol):
         self.read_paused = False
         self.eof = False
         self.closed = False
+        self.stopping = False  # the server is closing: read no further commands
 
     # --- asyncio callbacks -----------------------------------------------------------------------
 
@@ -622,13 +625,18 @@ class LineConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.closed:
             return
-        pause = self.write_paused or len(self.backlog) >= BACKLOG_MAX
+        pause = self.write_paused or self.stopping or len(self.backlog) >= BACKLOG_MAX
         if pause and not self.read_paused:
             self.read_paused = True
             transport.pause_reading()
         elif not pause and self.read_paused:
             self.read_paused = False
             transport.resume_reading()
+
+    def stop_reading(self) -> None:
+        """The server is shutting down: take no new commands; those already read still run."""
+        self.stopping = True
+        self._update_reading()
 
     def _check_idle(self) -> None:
         self.idle_handle = None
@@ -711,6 +719,8 @@ class LineServer:
         if self.server is None:
             return
         self.server.close()
+        for conn in self.connections:
+            conn.stop_reading()
         pending = [c.task for c in self.connections if c.task is not None] + list(self.orphans)
         if pending:
             _, late = await asyncio.wait(pending, timeout=grace)

@@ -23,13 +23,27 @@ The protocol
   cannot undo it - only the node itself, rejoining with a higher incarnation, can.
 
 Ordering of updates about one member (what must stay true)
-- A higher incarnation always wins; a lower one is always ignored.
+- A lower incarnation is always ignored. A higher one wins, except that a dead or left member
+  comes back only through an `Alive` (a suspicion or death notice adds nothing to it).
 - At equal incarnations: alive < suspect < dead, left (alive never overrides suspect/dead/left).
 - Only a member itself raises its own incarnation (refute, rejoin), except `remove` (+1).
 - A node restarted under the same name starts from a higher incarnation (the IO layer passes
   the wall clock in milliseconds), so it overrides whatever the mesh remembers of its last life.
 - Dead and left members stay as tombstones for `reap_after` seconds, so that old gossip about
   them is recognised as old.
+
+Where this differs from memberlist, and why
+- A refutation is also sent straight to every member, not only gossiped: its loss is what gets a
+  healthy node declared dead (in simulation at 10% loss and 50 nodes this took false deaths from
+  about one per 10 minutes to none seen).
+- Piggybacked updates go before the message they ride on, and an accusation before its ping, so
+  an ack already carries what the updates made the receiver say (its refutation above all).
+- An ack to a member we think suspect, dead or left tells it so (it refutes, or learns that it
+  was removed); memberlist leaves that to gossip-to-the-dead and push/pull.
+- A known name at a new address needs a higher incarnation even once dead (memberlist lets a
+  dead node's address be reclaimed at any incarnation); a restart has one anyway.
+- No TCP fallback ping, no node metadata, no protocol version negotiation (the `VERSION` of
+  cluster.messages stands for it).
 """
 
 from __future__ import annotations
@@ -387,8 +401,10 @@ class Membership:
         p = self.params
         seq = self._next_seq()
         msgs: list[Message] = [Ping(seq, target.name, self.name, self.address)]
-        if target.state == SUSPECT:  # give it the accusation now, so it can refute at once
-            msgs.append(Suspect(target.name, target.incarnation, self.name))
+        if target.state == SUSPECT:
+            # The accusation goes first: the target refutes before it acks, so the ack itself
+            # carries the refutation back to us.
+            msgs.insert(0, Suspect(target.name, target.incarnation, self.name))
         out.append(self._packet(target.address, msgs))
         interval = self._awareness.scale(p.probe_interval)
         self._probe = _Probe(seq, target.name, now + p.probe_timeout, now + interval)

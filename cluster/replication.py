@@ -359,9 +359,13 @@ class Replicator:
         applied, refused = apply_batches(self.store, self.hlc, batches)
         self.received_batches += len(batches)
         self.refused_batches += refused
+        self.note_peer_stable(sender, stable)
+        return applied
+
+    def note_peer_stable(self, sender: str, stable: int) -> None:
+        """Record the stable timestamp a peer published (it only grows)."""
         if sender != self.node:
             self.peer_stable[sender] = max(stable, self.peer_stable.get(sender, 0))
-        return applied
 
     def stats(self) -> dict[str, float]:
         return {

@@ -19,8 +19,10 @@ Model
   decides the watermark.
 
 Invariants
-- `set(self._keys) == set(self._data)`: the sorted key index holds every stored key,
-  tombstones included.
+- The data is sharded into DIGEST_BUCKETS dicts by `bucket_of(key)`, so anti-entropy reads a
+  bucket's entries directly, in one step (no await: a repaired transaction appears whole).
+- `self._keys` (sorted) holds exactly the stored keys, tombstones included; `self._count` is
+  their number.
 - `self._tombstones` is exactly the set of keys whose entry is a tombstone.
 - Every entry's version is above `self._clear`.
 """
@@ -53,8 +55,12 @@ def bucket_of(key: str) -> int:
 
 
 def version_hash(key: str, ts: int, node: str) -> int:
-    """A 64-bit hash of one stored version (key, ts, node); the value is implied by the version."""
-    raw = b"%s\0%d\0%s" % (key.encode("utf-8", "surrogatepass"), ts, node.encode())
+    """A 63-bit hash of one stored version (key, ts, node); the value is implied by the version."""
+    return _version_hash(key.encode("utf-8", "surrogatepass"), ts, node)
+
+
+def _version_hash(kb: bytes, ts: int, node: str) -> int:
+    raw = b"%s\0%d\0%s" % (kb, ts, node.encode())
     # 63 bits: digests travel as JSON integers, which stay exact below 2**63 everywhere.
     return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little") >> 1
 
@@ -104,7 +110,8 @@ class Store:
     """Keys to versioned entries, with LWW merge, tombstones, a range tombstone and TTL."""
 
     def __init__(self) -> None:
-        self._data: dict[str, Entry] = {}
+        self._buckets: list[dict[str, Entry]] = [{} for _ in range(DIGEST_BUCKETS)]
+        self._count = 0
         self._keys: SortedList = SortedList()
         self._tombstones: set[str] = set()
         # (expires, key) in expiry order; stale items (key rewritten) are skipped when popped.
@@ -116,7 +123,7 @@ class Store:
 
     def get(self, key: str, now: float) -> Entry | None:
         """The live entry for `key`, or None if missing, deleted or expired."""
-        entry = self._data.get(key)
+        entry = self._buckets[bucket_of(key)].get(key)
         if entry is None or entry.value is None:
             return None
         if entry.expires is not None and entry.expires <= now:
@@ -125,10 +132,18 @@ class Store:
 
     def entry(self, key: str) -> Entry | None:
         """The stored entry, tombstones and expired ones included (replication and tests)."""
-        return self._data.get(key)
+        return self._buckets[bucket_of(key)].get(key)
+
+    def _lookup(self, key: str) -> Entry:
+        return self._buckets[bucket_of(key)][key]
+
+    def stored_items(self) -> Iterator[tuple[str, Entry]]:
+        """Every stored (key, entry), tombstones included, in no particular order."""
+        for bucket in self._buckets:
+            yield from bucket.items()
 
     def __len__(self) -> int:
-        return len(self._data) - len(self._tombstones)
+        return self._count - len(self._tombstones)
 
     @property
     def clear_version(self) -> Version:
@@ -136,7 +151,7 @@ class Store:
 
     def stats(self) -> StoreStats:
         return StoreStats(
-            keys=len(self._data) - len(self._tombstones),
+            keys=self._count - len(self._tombstones),
             tombstones=len(self._tombstones),
             expiring=len(self._expiry_heap),
             clear_ts=self._clear[0],
@@ -167,7 +182,7 @@ class Store:
         out: list[tuple[str, Entry]] = []
         examined = 0
         n = len(keys)
-        data = self._data
+        lookup = self._lookup
         last: str | None = None
         while idx < n and len(out) < limit and examined < budget:
             chunk = keys[idx : idx + min(256, budget - examined)]
@@ -177,7 +192,7 @@ class Store:
                 last = key
                 if prefix and not key.startswith(prefix):
                     return out, None  # past the prefix range: nothing further can match
-                entry = data[key]
+                entry = lookup(key)
                 if (
                     entry.value is not None
                     and (entry.expires is None or entry.expires > now)
@@ -207,7 +222,7 @@ class Store:
         chunk = keys[idx : idx + limit]
         out = []
         for key in chunk:
-            e = self._data[key]
+            e = self._lookup(key)
             out.append(Mutation(key, e.value, e.ts, e.node, e.expires))
         nxt = chunk[-1] if chunk and idx + limit < len(keys) else None
         return out, nxt
@@ -216,25 +231,14 @@ class Store:
         """The per-bucket digests (a copy): equal lists mean equal stored versions, whp."""
         return list(self._digests)
 
-    def entries_in_buckets(
-        self, buckets: set[int], after: str | None, budget: int = 10_000
-    ) -> tuple[list[Mutation], str | None]:
-        """Stored entries (tombstones included) whose key falls in `buckets`, examining at most
-        `budget` keys in key order after `after`; returns them and where to resume (None: done).
-
-        Enumerating a bucket walks the key index (buckets have no index of their own, which would
-        cost memory on every key); callers yield to the event loop between calls.
-        """
-        keys = self._keys
-        idx = keys.bisect_right(after) if after is not None else 0
-        chunk = keys[idx : idx + budget]
-        out = []
-        for key in chunk:
-            if bucket_of(key) in buckets:
-                e = self._data[key]
-                out.append(Mutation(key, e.value, e.ts, e.node, e.expires))
-        nxt = chunk[-1] if chunk and idx + budget < len(keys) else None
-        return out, nxt
+    def entries_in_buckets(self, buckets: Iterable[int]) -> list[Mutation]:
+        """Every stored entry (tombstones included) in `buckets`, read in one step: cost is the
+        size of those buckets, not of the data set."""
+        return [
+            Mutation(k, e.value, e.ts, e.node, e.expires)
+            for b in buckets
+            for k, e in self._buckets[b].items()
+        ]
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -248,18 +252,20 @@ class Store:
         clear = self._clear
         if ts < clear[0] or (ts == clear[0] and node <= clear[1]):
             return False  # at or below the range tombstone: cleared before it arrived
-        data = self._data
+        kb = key.encode("utf-8", "surrogatepass")
+        bucket = zlib.crc32(kb) & (DIGEST_BUCKETS - 1)
+        data = self._buckets[bucket]
         old = data.get(key)
-        bucket = bucket_of(key)
         if old is not None:
             if ts < old.ts or (ts == old.ts and node <= old.node):
                 return False  # an equal or newer version is already here
             if old.value is None and value is not None:
                 self._tombstones.discard(key)
-            self._digests[bucket] ^= version_hash(key, old.ts, old.node)
+            self._digests[bucket] ^= _version_hash(kb, old.ts, old.node)
         else:
             self._keys.add(key)
-        self._digests[bucket] ^= version_hash(key, ts, node)
+            self._count += 1
+        self._digests[bucket] ^= _version_hash(kb, ts, node)
         if value is None:
             self._tombstones.add(key)
         data[key] = Entry(value, ts, sys.intern(node), expires)
@@ -280,17 +286,19 @@ class Store:
         if version <= self._clear:
             return False
         self._clear = (ts, sys.intern(node))
-        survivors = {k: e for k, e in self._data.items() if (e.ts, e.node) > version}
+        survivors = {k: e for k, e in self.stored_items() if (e.ts, e.node) > version}
         self._digests = [0] * DIGEST_BUCKETS
+        self._buckets = [{} for _ in range(DIGEST_BUCKETS)]
+        self._count = len(survivors)
         if not survivors:
-            self._data = {}
             self._keys = SortedList()
             self._tombstones = set()
             self._expiry_heap = []
             return True
         for k, e in survivors.items():
-            self._digests[bucket_of(k)] ^= version_hash(k, e.ts, e.node)
-        self._data = survivors
+            b = bucket_of(k)
+            self._buckets[b][k] = e
+            self._digests[b] ^= version_hash(k, e.ts, e.node)
         self._keys = SortedList(survivors)
         self._tombstones = {k for k, e in survivors.items() if e.value is None}
         self._expiry_heap = [(e.expires, k) for k, e in survivors.items() if e.expires is not None]
@@ -306,10 +314,10 @@ class Store:
         and it is purged later like any tombstone. Bounded work: never stalls requests.
         """
         heap = self._expiry_heap
-        data = self._data
         done = 0
         while heap and done < budget and heap[0][0] <= now:
             expires, key = heapq.heappop(heap)
+            data = self._buckets[bucket_of(key)]
             entry = data.get(key)
             if entry is None or entry.value is None or entry.expires != expires:
                 continue  # rewritten or deleted since: a stale heap item
@@ -325,10 +333,12 @@ class Store:
         for key in list(self._tombstones):
             if purged >= budget:
                 break
-            entry = self._data[key]
+            bucket = bucket_of(key)
+            entry = self._buckets[bucket][key]
             if entry.ts < watermark:
-                self._digests[bucket_of(key)] ^= version_hash(key, entry.ts, entry.node)
-                del self._data[key]
+                self._digests[bucket] ^= version_hash(key, entry.ts, entry.node)
+                del self._buckets[bucket][key]
+                self._count -= 1
                 self._keys.remove(key)
                 self._tombstones.discard(key)
                 purged += 1

@@ -1,49 +1,89 @@
 """`make run`: a local mesh of N nodes behind nginx, in the foreground, like `docker compose up`.
 
-    python -m loadtest.mesh [--nodes 3] [--http-port 8080] [--tcp-port 9888] [--run-dir run]
+    python -m loadtest.mesh [--nodes 3] [--http-port 8080] [--tcp-port 9888]
+    python -m loadtest.mesh --stop                 # make stop: a run left in the background
+    python -m loadtest.mesh --reuse --quiet -- CMD  # run CMD against a mesh (make stress)
+    python -m loadtest.mesh --render-docker-conf   # print nginx/docker.conf
 
-Node i listens on HTTP port `--node-port-base + i` and line port `--node-tcp-base + i`; nginx
-listens on the public ports and balances over all nodes. Each node's log lines are printed with
-its name in front. Ctrl-C (SIGINT) or SIGTERM stops every process this started, nginx included.
-PID files go to the run directory so that `python -m loadtest.mesh --stop` (make stop) can stop a
-run left in the background, by PID and nothing else.
+Node i (1-based) listens on HTTP (and gossip UDP) port `--node-port-base + i` and on line-protocol
+port `--node-tcp-base + i`; nginx listens on the public ports and balances over all nodes. Every
+node is started with `--join` of all the others, at once, as in docker-compose: the mesh forms as
+soon as two answer, and a node restarted later rejoins through any survivor.
+
+Each node's log lines are printed with its name in front (nginx's as `nginx`). Ctrl-C (SIGINT),
+SIGTERM or SIGHUP stops every process this started, nginx first, then the nodes, and the ports are
+free when it returns. The children run in their own session, so a Ctrl-C reaches only this runner,
+which stops them in order; on Linux they also get SIGTERM if the runner itself is killed
+(`setpriv --pdeathsig`). PID files go to the run directory so that `--stop` (make stop) can stop a
+run left in the background, by PID, after checking each PID is still the process it recorded.
+
+A port already taken is reported before anything starts, with the option that moves it, and the
+exit status is 2. A node that dies while the mesh runs is reported and the others keep serving
+(`--restart` starts it again, as a compose restart policy would).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from loadtest import procs
 
 TEMPLATE = procs.ROOT / "nginx" / "kvmesh.conf.template"
+DOCKER_CONF = procs.ROOT / "nginx" / "docker.conf"
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
+SERVER_OPTIONS = "max_fails=1 fail_timeout=2s"
+START_TIMEOUT = 30.0  # seconds for every node to answer /health with 200 (joined and synced)
+STOP_TIMEOUT = 10.0  # seconds a process gets after SIGTERM before SIGKILL
+EXIT_PORT_TAKEN = 2
+COLORS = ("36", "33", "32", "35", "34", "91", "92", "93", "94", "95", "96")
+
+
+# --- the balancer's configuration (pure) ----------------------------------------------------------
 
 
 def render_nginx(
     http_listen: str,
     tcp_listen: str,
-    http_nodes: list[str],
-    tcp_nodes: list[str],
+    http_nodes: Sequence[str],
+    tcp_nodes: Sequence[str],
     workers: str = "1",
+    stream_module: Path | None = STREAM_MODULE,
 ) -> str:
-    """The balancer config for these nodes (also what the tests validate)."""
+    """The balancer config for these nodes, from nginx/kvmesh.conf.template.
+
+    `stream_module` is loaded with `load_module` when the file exists (Debian builds the stream
+    module as a separate package); None for nginx builds that have it compiled in (the official
+    image).
+    """
+    load = ""
+    if stream_module is not None and stream_module.exists():
+        load = f"load_module {stream_module};"
+
+    def servers(addresses: Sequence[str]) -> str:
+        return "\n".join(f"        server {a} {SERVER_OPTIONS};" for a in addresses)
+
     text = TEMPLATE.read_text()
-    load = f"load_module {STREAM_MODULE};" if STREAM_MODULE.exists() else ""
-    servers = "\n".join(f"        server {a} max_fails=1 fail_timeout=2s;" for a in http_nodes)
-    tcp = "\n".join(f"        server {a} max_fails=1 fail_timeout=2s;" for a in tcp_nodes)
     for placeholder, value in {
         "{{LOAD_STREAM_MODULE}}": load,
         "{{WORKERS}}": workers,
-        "{{HTTP_SERVERS}}": servers,
-        "{{TCP_SERVERS}}": tcp,
+        "{{HTTP_SERVERS}}": servers(http_nodes),
+        "{{TCP_SERVERS}}": servers(tcp_nodes),
         "{{HTTP_LISTEN}}": http_listen,
         "{{TCP_LISTEN}}": tcp_listen,
     }.items():
@@ -51,113 +91,615 @@ def render_nginx(
     return text
 
 
-def _pump(name: str, stream: object, lock: threading.Lock) -> None:
-    assert hasattr(stream, "readline")
-    for raw in iter(stream.readline, b""):
-        line = raw.decode("utf-8", "replace").rstrip("\n")
-        with lock:
-            sys.stdout.write(f"{name:>8} | {line}\n")
-            sys.stdout.flush()
+def render_docker_conf() -> str:
+    """nginx/docker.conf: the template for docker-compose (official nginx image, stream built in).
+
+    The upstreams name the compose service `node`: nginx resolves it to every node container's
+    address when it starts (so restart nginx after `--scale`). The image's command supplies
+    `daemon off;`, its own pid file and error log.
+    """
+    header = (
+        "# GENERATED from kvmesh.conf.template by `python -m loadtest.mesh --render-docker-conf`;\n"
+        "# edit the template, then regenerate. docker-compose mounts it as /etc/nginx/nginx.conf.\n"
+    )
+    return header + render_nginx(
+        "8080", "9888", ["node:8080"], ["node:9888"], workers="auto", stream_module=None
+    )
 
 
-def stop_recorded(run_dir: Path) -> int:
-    """Stop the processes whose PID files are in run_dir (make stop)."""
-    stopped = 0
+# --- the plan: which processes on which ports (pure) ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    port: int  # HTTP, and gossip over UDP on the same number
+    tcp_port: int  # line protocol
+
+
+@dataclass(frozen=True)
+class Plan:
+    host: str
+    http_port: int
+    tcp_port: int
+    nodes: tuple[NodeSpec, ...]
+    node_args: tuple[str, ...] = ()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    def node_command(self, spec: NodeSpec) -> list[str]:
+        seeds = [f"{self.host}:{n.port}" for n in self.nodes if n is not spec]
+        return [
+            sys.executable,
+            str(procs.ROOT / "node.py"),
+            "--name",
+            spec.name,
+            "--host",
+            self.host,
+            "--port",
+            str(spec.port),
+            "--tcp-port",
+            str(spec.tcp_port),
+            *(["--join", ",".join(seeds)] if seeds else []),
+            *self.node_args,
+        ]
+
+    def nginx_conf(self) -> str:
+        return render_nginx(
+            f"{self.host}:{self.http_port}",
+            f"{self.host}:{self.tcp_port}",
+            [f"{self.host}:{n.port}" for n in self.nodes],
+            [f"{self.host}:{n.tcp_port}" for n in self.nodes],
+        )
+
+    def ports(self) -> list[tuple[int, str, str]]:
+        """(port, protocol, what uses it) for every port this plan binds."""
+        out = [
+            (self.http_port, "tcp", "nginx HTTP (--http-port)"),
+            (self.tcp_port, "tcp", "nginx line protocol (--tcp-port)"),
+        ]
+        for n in self.nodes:
+            out.append((n.port, "tcp", f"{n.name} HTTP (--node-port-base)"))
+            out.append((n.port, "udp", f"{n.name} gossip (--node-port-base)"))
+            out.append((n.tcp_port, "tcp", f"{n.name} line protocol (--node-tcp-base)"))
+        return out
+
+
+def make_plan(
+    nodes: int,
+    host: str = "127.0.0.1",
+    http_port: int = 8080,
+    tcp_port: int = 9888,
+    node_port_base: int = 18080,
+    node_tcp_base: int = 19880,
+    node_args: Sequence[str] = (),
+) -> Plan:
+    specs = tuple(
+        NodeSpec(f"node{i}", node_port_base + i, node_tcp_base + i) for i in range(1, nodes + 1)
+    )
+    return Plan(host, http_port, tcp_port, specs, tuple(node_args))
+
+
+def free_plan(nodes: int, node_args: Sequence[str] = ()) -> Plan:
+    """A plan on free loopback ports (tests, the checker): nothing fixed, nothing shared."""
+    specs = tuple(
+        NodeSpec(f"node{i}", procs.free_port(), procs.free_port()) for i in range(1, nodes + 1)
+    )
+    return Plan("127.0.0.1", procs.free_port(), procs.free_port(), specs, tuple(node_args))
+
+
+# --- ports ----------------------------------------------------------------------------------------
+
+
+def port_taken(host: str, port: int, proto: str) -> bool:
+    """True if binding (host, port) fails. TCP is tried with SO_REUSEADDR, as nginx and aiohttp
+    bind, so a port left in TIME_WAIT by a previous run does not count as taken."""
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as s:
+        if proto == "tcp":
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def taken_ports(plan: Plan) -> list[str]:
+    """A sentence for each port of the plan that something else holds."""
+    problems = []
+    seen: set[tuple[int, str]] = set()
+    for port, proto, what in plan.ports():
+        if (port, proto) in seen:
+            raise SystemExit(f"mesh: port {port} is planned twice; choose other port bases")
+        seen.add((port, proto))
+        if not 0 < port < 65536:
+            problems.append(f"port {port} for {what} is out of range")
+        elif port_taken(plan.host, port, proto):
+            problems.append(f"{proto} port {port} on {plan.host}, for {what}, is already in use")
+    return problems
+
+
+# --- PID files ------------------------------------------------------------------------------------
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode("utf-8", "replace")
+
+
+def _is_ours(pid: int, pid_file: Path) -> bool:
+    """Is `pid` still the process its PID file recorded (not a reused PID)?"""
+    cmd = _cmdline(pid)
+    if pid_file.stem == "mesh":
+        return "loadtest.mesh" in cmd
+    if pid_file.stem == "nginx":
+        return "nginx" in cmd
+    return "node.py" in cmd and f"--name {pid_file.stem} " in cmd + " "
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped) is not alive for our purposes.
+    with contextlib.suppress(OSError):
+        status = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return status != "Z"
+    return True
+
+
+def _recorded(run_dir: Path) -> list[tuple[Path, int]]:
+    out = []
     for pid_file in sorted(run_dir.glob("*.pid")):
-        with contextlib.suppress(ValueError, OSError):
-            pid = int(pid_file.read_text().strip())
-            os.kill(pid, signal.SIGTERM)
-            stopped += 1
-        pid_file.unlink(missing_ok=True)
+        try:
+            out.append((pid_file, int(pid_file.read_text().strip())))
+        except (OSError, ValueError):
+            pid_file.unlink(missing_ok=True)
+    return out
+
+
+def _wait_gone(pids: list[int], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while pids and time.monotonic() < deadline:
+        pids = [p for p in pids if _alive(p)]
+        if pids:
+            time.sleep(0.05)
+    return pids
+
+
+def stop_recorded(run_dir: Path, timeout: float = STOP_TIMEOUT) -> list[str]:
+    """make stop: stop what the PID files in run_dir name, by PID; returns what was stopped.
+
+    The runner first (it stops its children in order), then anything left (a runner that was
+    killed with -9 leaves its children behind). A PID that no longer runs what it recorded is
+    left alone and its file removed.
+    """
+    stopped: list[str] = []
+    recorded = _recorded(run_dir)
+    runner = [(f, p) for f, p in recorded if f.stem == "mesh"]
+    for group in (runner, [(f, p) for f, p in recorded if f.stem != "mesh"]):
+        pids = []
+        for pid_file, pid in group:
+            if _alive(pid) and _is_ours(pid, pid_file):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+                    pids.append(pid)
+                    stopped.append(f"{pid_file.stem} (PID {pid})")
+        for pid in _wait_gone(pids, timeout + (5 if group is runner else 0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _wait_gone(pids, 5)
+        for pid_file, pid in group:
+            if not (_alive(pid) and _is_ours(pid, pid_file)):
+                pid_file.unlink(missing_ok=True)
     return stopped
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loadtest.mesh", description=__doc__)
-    p.add_argument("--nodes", type=int, default=int(os.environ.get("N", "3")))
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--http-port", type=int, default=8080)
-    p.add_argument("--tcp-port", type=int, default=9888)
-    p.add_argument("--node-port-base", type=int, default=18080)
-    p.add_argument("--node-tcp-base", type=int, default=19880)
-    p.add_argument("--run-dir", type=Path, default=procs.ROOT / "run")
-    p.add_argument("--stop", action="store_true", help="stop a run left in the background")
+def running_runner(run_dir: Path) -> int | None:
+    pid_file = run_dir / "mesh.pid"
+    for f, pid in _recorded(run_dir):
+        if f == pid_file and pid != os.getpid() and _alive(pid) and _is_ours(pid, f):
+            return pid
+    return None
+
+
+# --- health ---------------------------------------------------------------------------------------
+
+
+def health(url: str, timeout: float = 1.0) -> dict[str, object] | None:
+    """The JSON of GET url/health when it answers 200, else None."""
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=timeout) as r:
+            body = json.loads(r.read())
+    except (OSError, ValueError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def is_kvmesh(url: str) -> bool:
+    """Does a ready kvmesh node (or a balancer in front of them) answer at `url`?"""
+    body = health(url)
+    return body is not None and body.get("status") == "ok" and "members" in body
+
+
+# --- the running mesh -----------------------------------------------------------------------------
+
+
+class Interrupted(Exception):
+    """A stop was asked for (a signal) while the mesh was still starting."""
+
+
+@dataclass
+class Child:
+    name: str
+    cmd: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    log: IO[bytes] | None = None
+    restarts: int = 0
+    reported: bool = False
+
+
+@dataclass
+class Mesh:
+    """The processes of one plan: start, watch, stop; output prefixed or into log files."""
+
+    plan: Plan
+    run_dir: Path
+    quiet: bool = False
+    restart: bool = False
+    stopping: threading.Event = field(default_factory=threading.Event)
+    out: IO[str] = field(default_factory=lambda: sys.stdout)
+    children: dict[str, Child] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # Output ---------------------------------------------------------------------------------------
+
+    def say(self, text: str) -> None:
+        with self._lock:
+            self.out.write(text + "\n")
+            self.out.flush()
+
+    def _prefix(self, name: str) -> str:
+        width = max(len(c) for c in (*self.children, "nginx"))
+        label = f"{name:<{width}} |"
+        if self.out.isatty() and not os.environ.get("NO_COLOR"):
+            names = sorted(self.children)
+            color = COLORS[names.index(name) % len(COLORS)] if name in names else "90"
+            label = f"\033[{color}m{label}\033[0m"
+        return label
+
+    def _pump(self, name: str, stream: IO[bytes]) -> None:
+        prefix = self._prefix(name)
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self.say(f"{prefix} {line}")
+        stream.close()
+
+    # Processes ------------------------------------------------------------------------------------
+
+    def _spawn(self, child: Child) -> None:
+        cmd = child.cmd
+        setpriv = shutil.which("setpriv")
+        if setpriv is not None and sys.platform == "linux":
+            # If this runner dies without cleaning up (kill -9), its children get SIGTERM.
+            cmd = [setpriv, "--pdeathsig", "TERM", *cmd]
+        if self.quiet:
+            if child.log is None:
+                child.log = open(self.run_dir / f"{child.name}.log", "ab")  # noqa: SIM115
+            stdout: int | IO[bytes] = child.log
+        else:
+            stdout = subprocess.PIPE
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            cwd=procs.ROOT,
+            start_new_session=True,  # Ctrl-C reaches the runner only; it stops them in order
+        )
+        child.proc = proc
+        child.reported = False
+        (self.run_dir / f"{child.name}.pid").write_text(f"{proc.pid}\n")
+        if proc.stdout is not None:
+            threading.Thread(target=self._pump, args=(child.name, proc.stdout), daemon=True).start()
+
+    def respawn(self, name: str) -> None:
+        """Start a child again with the same command (the same name and ports)."""
+        self._spawn(self.children[name])
+
+    def start_nodes(self) -> None:
+        for spec in self.plan.nodes:
+            child = Child(spec.name, self.plan.node_command(spec))
+            self.children[spec.name] = child
+        for child in self.children.values():
+            self._spawn(child)
+
+    def wait_nodes(self, timeout: float = START_TIMEOUT) -> None:
+        """Until every node answers /health 200 with its own name; RuntimeError if one exits."""
+        deadline = time.monotonic() + timeout
+        pending = {n.name: f"http://{self.plan.host}:{n.port}" for n in self.plan.nodes}
+        while pending:
+            if self.stopping.is_set():
+                raise Interrupted
+            for name, url in list(pending.items()):
+                proc = self.children[name].proc
+                assert proc is not None
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with status {proc.returncode} at start")
+                body = health(url, timeout=0.5)
+                if body is not None and body.get("name") == name:
+                    del pending[name]
+            if pending and time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{', '.join(pending)} did not become ready within {timeout:.0f}s"
+                )
+            if pending:
+                time.sleep(0.1)
+
+    def start_nginx(self) -> None:
+        binary = procs.nginx_binary()
+        if binary is None:
+            raise RuntimeError("nginx is not installed")
+        conf = self.run_dir / "nginx.conf"
+        conf.write_text(
+            "# Written by loadtest.mesh for this run; the template is nginx/kvmesh.conf.template.\n"
+            f"daemon off;\npid {self.run_dir / 'nginx.pid'};\nerror_log stderr notice;\n"
+            + self.plan.nginx_conf()
+        )
+        temp = self.run_dir / "nginx-temp"
+        temp.mkdir(exist_ok=True)
+        child = Child("nginx", [binary, "-p", str(temp), "-c", str(conf), "-e", "stderr"])
+        self.children["nginx"] = child
+        self._spawn(child)
+
+    def wait_nginx(self, timeout: float = 10.0) -> None:
+        proc = self.children["nginx"].proc
+        assert proc is not None
+        deadline = time.monotonic() + timeout
+        while not is_kvmesh(self.plan.url):
+            if self.stopping.is_set():
+                raise Interrupted
+            if proc.poll() is not None:
+                raise RuntimeError(f"nginx exited with status {proc.returncode} at start")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nginx did not answer on {self.plan.url} within {timeout}s")
+            time.sleep(0.05)
+
+    def check(self) -> bool:
+        """Report children that exited (and restart nodes if asked); False if the mesh is down."""
+        for child in self.children.values():
+            proc = child.proc
+            if proc is None or proc.poll() is None or child.reported:
+                continue
+            child.reported = True
+            self.say(f"mesh: {child.name} exited with status {proc.returncode}")
+            if child.name != "nginx" and self.restart:
+                child.restarts += 1
+                self.say(f"mesh: restarting {child.name} (restart {child.restarts})")
+                self._spawn(child)
+        nginx = self.children.get("nginx")
+        if nginx is not None and nginx.proc is not None and nginx.proc.poll() is not None:
+            self.say("mesh: nginx is gone; stopping the mesh")
+            return False
+        nodes = [c for n, c in self.children.items() if n != "nginx"]
+        if nodes and all(c.proc is not None and c.proc.poll() is not None for c in nodes):
+            self.say("mesh: every node is gone; stopping the mesh")
+            return False
+        return True
+
+    def stop(self) -> None:
+        """nginx first (clients see a closed port, not half a mesh), then the nodes together."""
+        order = [["nginx"], [n for n in self.children if n != "nginx"]]
+        for names in order:
+            procs_ = [
+                c.proc
+                for n in names
+                if (c := self.children.get(n)) is not None
+                and c.proc is not None
+                and c.proc.poll() is None
+            ]
+            for p in procs_:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT
+            for p in procs_:
+                try:
+                    p.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    self.say(f"mesh: PID {p.pid} ignored SIGTERM; killing it")
+                    p.kill()
+                    p.wait()
+        for child in self.children.values():
+            if child.proc is not None:
+                child.proc.wait()
+            if child.log is not None:
+                child.log.close()
+            (self.run_dir / f"{child.name}.pid").unlink(missing_ok=True)
+
+    def banner(self) -> str:
+        p = self.plan
+        nodes = ", ".join(f"{n.name} {p.host}:{n.port}" for n in p.nodes)
+        logs = f"  logs           {self.run_dir}/*.log\n" if self.quiet else ""
+        return (
+            f"\nkvmesh: {len(p.nodes)} node(s) behind nginx\n"
+            f"  HTTP           {p.url}   (try: curl '{p.url}/set?k=hello&v=world')\n"
+            f"  line protocol  {p.host}:{p.tcp_port}   (try: printf 'GET hello\\n' | "
+            f"nc -q1 {p.host} {p.tcp_port})\n"
+            f"  nodes          {nodes}\n"
+            f"  members        {p.url}/cluster/members\n"
+            f"{logs}"
+            "  Ctrl-C (or make stop) stops everything.\n"
+        )
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+
+def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    argv = list(argv)
+    command: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, command = argv[:i], argv[i + 1 :]
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest.mesh",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--nodes", type=int, default=int(os.environ.get("N", "3")), help="[3, $N]")
+    p.add_argument("--host", default="127.0.0.1", help="address of nginx and the nodes")
+    p.add_argument("--http-port", type=int, default=8080, help="nginx HTTP port [8080]")
+    p.add_argument("--tcp-port", type=int, default=9888, help="nginx line-protocol port [9888]")
+    p.add_argument("--node-port-base", type=int, default=18080, help="node i: HTTP base+i")
+    p.add_argument("--node-tcp-base", type=int, default=19880, help="node i: line base+i")
+    p.add_argument("--run-dir", type=Path, default=procs.ROOT / "run", help="PID files, logs")
     p.add_argument("--node-arg", action="append", default=[], help="extra node.py argument")
+    p.add_argument("--restart", action="store_true", help="restart a node that exits")
+    p.add_argument("--quiet", action="store_true", help="node logs to RUN_DIR/NAME.log")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with a command: use the kvmesh already answering on --http-port, if any",
+    )
+    p.add_argument("--stop", action="store_true", help="stop a run left in the background")
+    p.add_argument("--render-docker-conf", action="store_true", help="print nginx/docker.conf")
     args = p.parse_args(argv)
-    if args.stop:
-        print(f"stopped {stop_recorded(args.run_dir)} processes")
+    if args.nodes < 1:
+        p.error("--nodes must be at least 1")
+    return args, command
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, command = _parse(sys.argv[1:] if argv is None else argv)
+    run_dir: Path = args.run_dir.resolve()
+    if args.render_docker_conf:
+        sys.stdout.write(render_docker_conf())
         return 0
-    if procs.nginx_binary() is None:
-        print("nginx is not installed: run `make install-system` as root (apt-get install nginx)")
-        return 2
-    args.run_dir.mkdir(parents=True, exist_ok=True)
-    stop_recorded(args.run_dir)  # a previous run left behind
-    host = args.host
-    http_nodes = [f"{host}:{args.node_port_base + i + 1}" for i in range(args.nodes)]
-    tcp_nodes = [f"{host}:{args.node_tcp_base + i + 1}" for i in range(args.nodes)]
-    children: list[tuple[str, subprocess.Popen[bytes]]] = []
-    lock = threading.Lock()
+    if args.stop:
+        stopped = stop_recorded(run_dir) if run_dir.exists() else []
+        print(f"stopped: {', '.join(stopped)}" if stopped else "nothing to stop")
+        return 0
+    plan = make_plan(
+        args.nodes,
+        args.host,
+        args.http_port,
+        args.tcp_port,
+        args.node_port_base,
+        args.node_tcp_base,
+        args.node_arg,
+    )
     stopping = threading.Event()
+    received: list[int] = []
 
     def on_signal(signum: int, _frame: object) -> None:
+        received.append(signum)
         stopping.set()
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    previous = {
+        s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
     try:
-        for i in range(args.nodes):
-            name = f"node{i + 1}"
-            cmd = [
-                sys.executable,
-                str(procs.ROOT / "node.py"),
-                "--name",
-                name,
-                "--host",
-                host,
-                "--port",
-                str(args.node_port_base + i + 1),
-                "--tcp-port",
-                str(args.node_tcp_base + i + 1),
-                *(["--join", ",".join(http_nodes[:i])] if i else []),
-                *args.node_arg,
-            ]
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            children.append((name, proc))
-            (args.run_dir / f"{name}.pid").write_text(str(proc.pid))
-            threading.Thread(target=_pump, args=(name, proc.stdout, lock), daemon=True).start()
-            procs.wait_http(f"http://{http_nodes[i]}/health", timeout=30, proc=proc)
-        conf = args.run_dir / "nginx.conf"
-        body = render_nginx(
-            f"{host}:{args.http_port}", f"{host}:{args.tcp_port}", http_nodes, tcp_nodes
-        )
-        ng = procs.start_nginx(body, args.run_dir)
-        conf.write_text(body)
-        children.append(("nginx", ng.proc))
-        (args.run_dir / "nginx-main.pid").write_text(str(ng.proc.pid))
-        procs.wait_http(f"http://{host}:{args.http_port}/health", timeout=10, proc=ng.proc)
-        with lock:
-            print(
-                f"\nkvmesh: {args.nodes} nodes behind nginx\n"
-                f"  HTTP           http://{host}:{args.http_port}   (try: curl "
-                f"'http://{host}:{args.http_port}/set?k=hello&v=world')\n"
-                f"  line protocol  {host}:{args.tcp_port}   (try: nc {host} {args.tcp_port})\n"
-                f"  nodes          {', '.join(http_nodes)}\n"
-                "  Ctrl-C stops everything.\n",
-                flush=True,
-            )
-        while not stopping.is_set():
-            for name, proc in children:
-                if proc.poll() is not None:
-                    print(f"{name} exited with {proc.returncode}; stopping the mesh")
-                    stopping.set()
-            stopping.wait(0.5)
+        if command and args.reuse and is_kvmesh(plan.url):
+            print(f"mesh: using the kvmesh already answering on {plan.url}", flush=True)
+            return _run_command(command, plan, stopping)
+        problem = _cannot_start(plan, run_dir)
+        if problem:
+            print(problem, file=sys.stderr)
+            return EXIT_PORT_TAKEN
+        mesh = Mesh(plan, run_dir, quiet=args.quiet, restart=args.restart, stopping=stopping)
+        (run_dir / "mesh.pid").write_text(f"{os.getpid()}\n")
+        try:
+            return _run_mesh(mesh, command, received)
+        finally:
+            (run_dir / "mesh.pid").unlink(missing_ok=True)
     finally:
-        for _name, proc in reversed(children):
-            procs.stop(proc)
-        for pid_file in args.run_dir.glob("*.pid"):
-            pid_file.unlink(missing_ok=True)
-        time.sleep(0)
-    return 0
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _cannot_start(plan: Plan, run_dir: Path) -> str | None:
+    """Why this plan cannot start here (a sentence for the user), or None."""
+    if procs.nginx_binary() is None:
+        return (
+            "mesh: nginx is not installed; run `sudo make install-system` "
+            "(apt-get install nginx libnginx-mod-stream)"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    other = running_runner(run_dir)
+    if other is not None:
+        return (
+            f"mesh: a mesh is already running from {run_dir} (PID {other}); "
+            "stop it with `make stop` first"
+        )
+    leftovers = stop_recorded(run_dir)  # children of a runner that was killed with -9
+    if leftovers:
+        print(f"mesh: stopped leftovers of an earlier run: {', '.join(leftovers)}")
+    problems = taken_ports(plan)
+    if problems:
+        return (
+            "mesh: cannot start, ports are taken:\n  "
+            + "\n  ".join(problems)
+            + "\n  Stop what holds them (`ss -ltnup` shows it) or move ours with the options"
+            " named above."
+        )
+    return None
+
+
+def _run_mesh(mesh: Mesh, command: list[str], received: list[int]) -> int:
+    status = 0
+    try:
+        mesh.start_nodes()
+        mesh.wait_nodes()
+        mesh.start_nginx()
+        mesh.wait_nginx()
+        mesh.say(mesh.banner())
+        if command:
+            status = _run_command(command, mesh.plan, mesh.stopping)
+        else:
+            while not mesh.stopping.is_set() and mesh.check():
+                mesh.stopping.wait(0.25)
+    except Interrupted:
+        pass
+    except RuntimeError as exc:
+        mesh.say(f"mesh: {exc}; stopping")
+        status = 1
+    finally:
+        if received:
+            mesh.say(f"mesh: {signal.Signals(received[0]).name}: stopping every process")
+        mesh.stop()
+        mesh.say("mesh: stopped")
+    return status
+
+
+def _run_command(command: list[str], plan: Plan, stopping: threading.Event) -> int:
+    """Run `command` with KVMESH_URL and KVMESH_LINE set; its exit status is ours. A signal to
+    the runner stops it (SIGTERM) before the mesh is stopped."""
+    env = {**os.environ, "KVMESH_URL": plan.url, "KVMESH_LINE": f"{plan.host}:{plan.tcp_port}"}
+    try:
+        proc = subprocess.Popen(command, env=env)
+    except OSError as exc:
+        print(f"mesh: cannot run {command[0]}: {exc}", file=sys.stderr)
+        return 127
+    while True:
+        try:
+            return proc.wait(0.25)
+        except subprocess.TimeoutExpired:
+            if stopping.is_set():
+                proc.terminate()
+                try:
+                    return proc.wait(STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    return proc.wait()
 
 
 if __name__ == "__main__":

@@ -568,7 +568,7 @@ async def test_replication_failure_answers_an_error_and_the_connection_goes_on(
             {"status": "Error", "mesg": "replication failed; see the node's log"},
             result("1"),  # applied locally all the same: anti-entropy carries it
         ]
-        assert node.metrics.internal_errors._value.get() == 1
+        assert node.metrics.registry.get_sample_value("internal_error_count_total") == 1
         node.fail = False
         assert await client.call("PUT b 2") == OK
 

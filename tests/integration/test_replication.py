@@ -60,9 +60,10 @@ async def make_mesh() -> AsyncIterator[MakeMesh]:
         await m.client.close()
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():
+async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
+    """Poll a condition on the nodes' state (no event to wait on: it changes inside the store)."""
+    async with asyncio.timeout(within):
+        while not check():  # noqa: ASYNC110 - polling state that has no event of its own
             await asyncio.sleep(0.01)
 
 
@@ -87,9 +88,11 @@ async def test_every_kind_of_write_replicates(make_mesh: MakeMesh) -> None:
     await a.client.delete("/keys/y")
     assert (value(b, "x"), value(b, "y"), value(b, "z")) == ("1", None, "3")
     t = b.node.store.entry("t")
-    assert t is not None and t.expires is not None  # the absolute expiry travels with the value
+    assert t is not None
+    assert t.expires is not None
     batch = b.node.store.entry("x")
-    assert batch is not None and batch.ts == b.node.store.entry("z").ts  # one timestamp
+    assert batch is not None
+    assert batch.ts == b.node.store.entry("z").ts
     await a.client.delete("/keys")
     assert len(b.node.store) == 0
     assert b.node.store.clear_version == a.node.store.clear_version
@@ -103,7 +106,8 @@ async def test_conflicting_writes_converge_to_the_greatest_version(make_mesh: Ma
     b.node.replicator.peer_up(a.name, a.address)
     await a.node.repair_once()
     ea, eb = a.node.store.entry("k"), b.node.store.entry("k")
-    assert ea is not None and eb is not None
+    assert ea is not None
+    assert eb is not None
     assert (ea.ts, ea.node, ea.value) == (eb.ts, eb.node, eb.value)
     assert a.node.store.digests() == b.node.store.digests()
 
@@ -144,12 +148,16 @@ async def test_anti_entropy_repairs_writes_replication_missed(make_mesh: MakeMes
     ts = b.node.hlc.now()
     b.node.store.apply("only-b", "b", ts, b.name)
     result = await a.node.repair_once()
-    assert result is not None and result.complete
-    assert result.sent == 500 and result.applied == 1
-    assert value(b, "miss-499") == "v499" and value(a, "only-b") == "b"
+    assert result is not None
+    assert result.complete
+    assert result.sent == 500
+    assert result.applied == 1
+    assert value(b, "miss-499") == "v499"
+    assert value(a, "only-b") == "b"
     assert a.node.store.digests() == b.node.store.digests()
     again = await a.node.repair_once()
-    assert again is not None and again.differing == 0
+    assert again is not None
+    assert again.differing == 0
 
 
 async def test_snapshot_streams_everything_including_tombstones(make_mesh: MakeMesh) -> None:
@@ -176,9 +184,7 @@ async def test_cluster_key_refuses_unsigned_replication(make_mesh: MakeMesh) -> 
         acked, expected = await stranger.replicate(stranger.kv.set("evil", "x"))
         assert (acked, expected) == (1, 2)
         with pytest.raises(Exception, match="401"):
-            await antientropy.repair_with(
-                stranger.store, stranger.hlc, stranger.client, a.address
-            )
+            await antientropy.repair_with(stranger.store, stranger.hlc, stranger.client, a.address)
     finally:
         await stranger.replicator.close()
         await stranger.client.close()
@@ -194,3 +200,39 @@ async def test_malformed_replication_is_refused_and_changes_nothing(make_mesh: M
         assert resp.status == 400
         assert (await resp.json())["code"] == "INVALID_BODY"
     assert len(a.node.store) == 0
+
+
+async def test_a_repaired_transaction_appears_whole(make_mesh: MakeMesh) -> None:
+    a, b = await make_mesh(2, wire=False)
+    # A committed transaction whose replication batch was lost: one timestamp, many buckets.
+    a.node.kv.write_many((f"txn-{i}", "v") for i in range(3000))
+    seen: set[int] = set()
+    done = asyncio.Event()
+
+    async def reader() -> None:
+        while not done.is_set():
+            seen.add(sum(1 for i in range(0, 3000, 7) if value(b, f"txn-{i}") == "v"))
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(reader())
+    b.node.replicator.peer_up(a.name, a.address)
+    result = await b.node.repair_once()
+    done.set()
+    await task
+    assert result is not None
+    assert result.applied == 3000
+    assert seen <= {0, len(range(0, 3000, 7))}  # all or nothing, never part
+
+
+async def test_anti_entropy_publishes_stable_timestamps_for_purging(make_mesh: MakeMesh) -> None:
+    a, b = await make_mesh(2)
+    await a.client.put("/keys/k", json={"value": "v"})
+    await a.client.delete("/keys/k")
+    # b never wrote anything, so only anti-entropy tells a how far b is stable.
+    await a.node.repair_once()
+    await b.node.repair_once()
+    await a.client.put("/keys/later", json={"value": "x"})  # moves the stable point past the delete
+    await b.node.repair_once()
+    await a.node.repair_once()
+    assert a.node.purge_watermark() > a.node.store.entry("k").ts
+    assert a.node.store.purge_tombstones(a.node.purge_watermark()) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import TypeVar
 
 import pytest
 
@@ -46,9 +47,12 @@ def core(name: str = "me", peers: int = 0, incarnation: int = 10, **params: obje
     return m
 
 
-def messages(out: list[Outgoing], kind: type[Message] | None = None) -> list[Message]:
-    found = [msg for o in out for msg in o.messages]
-    return [x for x in found if kind is None or isinstance(x, kind)]
+M = TypeVar("M")
+
+
+def messages(out: list[Outgoing], kind: type[M] = Message) -> list[M]:  # type: ignore[assignment]
+    """The messages of `out`, in order, of type `kind` (all by default)."""
+    return [msg for o in out for msg in o.messages if isinstance(msg, kind)]
 
 
 def state(m: Membership, name: str) -> tuple[str, int] | None:
@@ -176,8 +180,9 @@ def test_an_ack_to_a_member_we_think_down_tells_it_so() -> None:
 def test_a_suspect_is_pinged_with_the_accusation_attached() -> None:
     m = core(peers=1)
     m.handle("x", Suspect("p0", 1, "p9"), 0.0)
-    pings = [o for o in run(m, 0.0, 1.0) if isinstance(o.messages[0], Ping)]
-    assert Suspect("p0", 1, "me") in pings[0].messages
+    [packet] = [o for o in run(m, 0.0, 1.0) if isinstance(o.messages[-1], Ping)]
+    # Before the ping: the target refutes first, and its ack carries the refutation.
+    assert packet.messages[-2:] == (Suspect("p0", 1, "me"), packet.messages[-1])
 
 
 # --- suspicion, refutation, incarnations ---------------------------------------------------------
@@ -221,6 +226,17 @@ def test_a_suspected_node_refutes_with_a_higher_incarnation(accusation: Message)
     refutes = messages(run(m, 1.0, 2.0), Alive)
     assert Alive("me", addr("me"), expected) in refutes
     assert m.health_score >= 1  # Lifeguard: being accused hints we are slow
+
+
+def test_the_refutation_rides_on_the_ack_and_goes_straight_to_every_member() -> None:
+    m = core(peers=3, incarnation=10)
+    run(m, 0.0, 3.0)  # the queued news about the peers goes out
+    out = m.handle("p0", Suspect("me", 10, "p0"), 4.0)  # attached before the ping ...
+    direct = [o.address for o in out if o.messages == (Alive("me", addr("me"), 11),)]
+    assert sorted(direct) == [addr("p0"), addr("p1"), addr("p2")]
+    [ack] = m.handle("p0", Ping(5, "me", "p0", addr("p0")), 4.0)  # ... so the ack carries it
+    assert Alive("me", addr("me"), 11) in ack.messages
+    assert ack.messages[-1] == Ack(5, "me")
 
 
 def test_old_accusations_about_us_are_ignored() -> None:
@@ -323,7 +339,7 @@ def test_newer_news_about_a_member_replaces_the_queued_one() -> None:
     m.handle("x", Suspect("p0", 1, "x"), 0.0)
     m.handle("x", Alive("p0", addr("p0"), 2), 0.0)
     assert m.pending_broadcasts() == before
-    gossip = messages(run(m, 0.0, 0.5))
+    gossip: list[Message] = messages(run(m, 0.0, 0.5))
     assert Suspect("p0", 1, "x") not in gossip
     assert Alive("p0", addr("p0"), 2) in gossip
 
@@ -440,3 +456,58 @@ def test_next_deadline_is_when_tick_has_work() -> None:
         assert m.next_deadline() == d
         m.tick(d)
         assert m.next_deadline() > d  # it did what was due
+
+
+# --- layering -------------------------------------------------------------------------------------
+
+# tests/unit/test_layering.py checks membership, suspicion and messages; the in-memory network
+# of transport.py is pure too (the UDP side lives in gossip.py).
+PURE = ("cluster.transport", "cluster.membership")
+FORBIDDEN = {"socket", "asyncio", "aiohttp", "time", "uvloop", "selectors"}
+
+
+def _imports(module: str) -> set[str]:
+    """Top-level modules imported by `module` and, transitively, by the cluster modules it
+    imports; imports under `if TYPE_CHECKING:` do not run and are skipped."""
+    import ast
+    import importlib.util
+
+    seen: set[str] = set()
+    found: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        spec = importlib.util.find_spec(name)
+        assert spec is not None
+        assert spec.origin is not None
+        with open(spec.origin, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        skipped: set[int] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                skipped.update(id(n) for n in ast.walk(node))
+        for node in ast.walk(tree):
+            if id(node) in skipped:
+                continue
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module]
+            for target in targets:
+                found.add(target.split(".")[0])
+                if target.startswith("cluster."):
+                    todo.append(target)
+    return found
+
+
+@pytest.mark.parametrize("module", PURE)
+def test_the_core_does_no_io(module: str) -> None:
+    assert _imports(module) & FORBIDDEN == set()
+
+
+def test_the_layering_check_sees_io() -> None:
+    assert {"asyncio", "aiohttp", "socket"} <= _imports("cluster.gossip")

@@ -7,6 +7,8 @@ the same seed.
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 
 from cluster.membership import ALIVE, DEAD, LEFT, SUSPECT
@@ -54,11 +56,11 @@ def test_a_crashed_node_is_declared_dead_everywhere_within_the_bound(n: int, los
 def test_confirmations_bring_detection_near_the_minimum_timeout(n: int) -> None:
     # Lifeguard: independent suspicions shrink the timeout from 6x the minimum towards it.
     minimum = suspicion_timeout(P.suspicion_mult, n, P.probe_interval)
-    times = []
+    times: list[float] = []
     for seed in range(5):
         sim = Simulation(nodes=n, seed=seed)
         sim.kill("n1")
-        took = sim.run_until(lambda sim=sim: sim.everyone_sees("n1", {DEAD}), timeout=120)
+        took = sim.run_until(partial(sim.everyone_sees, "n1", {DEAD}), timeout=120)
         assert took is not None
         times.append(took)
     assert sum(times) / len(times) <= minimum + 4 * P.probe_interval

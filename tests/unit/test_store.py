@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cluster.patterns import compile_pattern
-from cluster.store import ZERO, Mutation, Store, Version
+from cluster.store import ZERO, Mutation, Store, Version, bucket_of
 
 NOW = 1_700_000_000.0
 FAR = 10**9  # a limit larger than any test's key count
@@ -27,7 +27,9 @@ def state(store: Store) -> State:
 
 def check_invariants(store: Store) -> None:
     """The invariants the module docstring states."""
-    data = store._data
+    data = dict(store.stored_items())
+    assert store._count == len(data)
+    assert all(bucket_of(k) == i for i, bucket in enumerate(store._buckets) for k in bucket)
     assert set(store._keys) == set(data)
     assert list(store._keys) == sorted(data)
     assert store._tombstones == {k for k, e in data.items() if e.value is None}

@@ -25,10 +25,13 @@ def _drain(clock: FakeClock, net: MemoryNetwork[str]) -> list[tuple[float, str, 
 
 
 def test_memory_transport_is_a_transport() -> None:
-    _, net = _net()
-    endpoint: Transport = MemoryNetwork(FakeClock(), random.Random(1)).endpoint("a:1")
-    assert isinstance(net.endpoint("a:1"), MemoryTransport)
+    clock = FakeClock()
+    network: MemoryNetwork[bytes] = MemoryNetwork(clock, random.Random(1))
+    endpoint: Transport = network.endpoint("a:1")  # checked by mypy: bytes endpoints fit
+    assert isinstance(endpoint, MemoryTransport)
     endpoint.send("b:1", b"x")
+    clock.advance(0.0)
+    assert [(d.src, d.dst, d.payload) for d in network.deliver_due()] == [("a:1", "b:1", b"x")]
 
 
 def test_delivery_waits_for_the_delay_and_keeps_send_order() -> None:

@@ -1,0 +1,24 @@
+# The kvmesh node image: python:3.11-slim with the project installed from pyproject.toml, whose
+# runtime dependencies are pinned. docker-compose.yml runs it as the `node` service; alone:
+#   docker build -t kvmesh . && docker run --rm -p 8080:8080 -p 9888:9888 kvmesh
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY pyproject.toml node.py ./
+COPY cluster/ cluster/
+COPY loadtest/ loadtest/
+RUN pip install . \
+    && useradd --system --no-create-home --shell /usr/sbin/nologin kvmesh
+
+USER kvmesh
+# HTTP and gossip (UDP on the same number), then the line protocol.
+EXPOSE 8080/tcp 8080/udp 9888/tcp
+# Bind every interface of the container; the other options keep node.py's defaults (KV_* variables
+# override them, see `python node.py --help`).
+ENV KV_HOST=0.0.0.0
+CMD ["python", "node.py"]

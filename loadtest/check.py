@@ -1,0 +1,680 @@
+"""`make verify`: the consistency checker, the testing service the task asks for.
+
+    python -m loadtest.check [--nodes 3] [--duration 20s] [--writers 8] [--kill-restart]
+    python -m loadtest.check --url http://127.0.0.1:8080     # a mesh that is already running
+
+It drives concurrent writers through the balancer (sets by PUT /keys/{k} and /set?k=&v=, deletes
+by DELETE /keys/{k} and /rm?k=, batch PUT /keys), every value unique so that an observed value
+names the write that produced it, and records each answer: the status, X-Timestamp (the write's
+HLC timestamp) and X-Upstream (the node nginx used, so writes order by (timestamp, node name)).
+With --kill-restart it kills one node with SIGKILL a third of the way in and restarts it (same
+name and ports) a moment later. Writers also read their own private keys back through the
+balancer. When the writes stop it waits for convergence, reads every node directly (paged GET
+/keys) and checks:
+
+1. convergence: every node holds identical data;
+2. no acknowledged write was lost: each key's value is the one of the acknowledged write with the
+   greatest (timestamp, node), or absent when that write was a delete. A write whose answer never
+   came (a timeout, a 5xx after nginx's retries, a retried delete that answered 404) may have been
+   applied with a timestamp we never saw: its value may legitimately win, and is counted apart;
+3. no deleted key came back: a key whose latest acknowledged write is a delete holds no older value;
+4. read-your-writes: a read right after an acknowledged write returns it. Only a write that every
+   node acknowledged (X-Replicas n/n) makes a stale read a violation: the contract lets a sync
+   write be answered after the replication timeout with fewer acks, and that is reported apart.
+
+It prints a verdict with the counts and exits 0 (pass), 1 (a violation) or 2 (it could not run).
+The decision logic (`judge`) is pure and unit-tested with histories that violate each rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from loadtest import mesh as meshlib
+from loadtest import procs
+
+ACKED, REJECTED, UNKNOWN = "acked", "rejected", "unknown"
+REQUEST_TIMEOUT = 15.0  # seconds: nginx's retries plus a sync write's replication timeout
+PAGE = 1000
+
+
+# --- the history (what the clients saw) -----------------------------------------------------------
+
+
+@dataclass
+class Op:
+    """One client operation and what came back. `changes` maps key -> value (None: delete)."""
+
+    id: int
+    kind: str  # "set", "delete" or "batch"
+    changes: dict[str, str | None]
+    started: float = 0.0
+    ended: float = 0.0
+    status: int | None = None  # None: no HTTP answer (connection error, timeout)
+    error: str = ""
+    ts: int | None = None  # X-Timestamp
+    node: str | None = None  # the node that answered (X-Upstream mapped to its name)
+    upstreams: int = 0  # how many nodes nginx tried (more than 1: it retried)
+    replicas: tuple[int, int] | None = None  # X-Replicas acked/expected
+
+    @property
+    def outcome(self) -> str:
+        """acked (applied, timestamp known), rejected (certainly not applied) or unknown."""
+        if self.status == 200 and self.ts is not None:
+            return ACKED
+        if self.status in (400, 413):
+            return REJECTED
+        if self.status == 404 and self.kind == "delete" and self.upstreams <= 1:
+            return REJECTED  # nothing to delete; no earlier attempt may have deleted it
+        return UNKNOWN
+
+    @property
+    def fully_replicated(self) -> bool:
+        return self.replicas is not None and self.replicas[0] >= self.replicas[1]
+
+    def order(self) -> tuple[int, str]:
+        return (self.ts or 0, self.node or "")
+
+
+@dataclass
+class Read:
+    """A read-your-writes probe: after `op` (acknowledged) the balancer answered `got`."""
+
+    op: int
+    key: str
+    expected: str | None
+    got: str | None
+    status: int | None
+
+
+# --- the decision (pure) --------------------------------------------------------------------------
+
+
+@dataclass
+class Violation:
+    rule: str  # "diverged", "lost-write", "resurrected", "phantom", "read-your-writes"
+    key: str
+    detail: str
+
+
+@dataclass
+class Report:
+    violations: list[Violation] = field(default_factory=list)
+    keys_present: int = 0
+    keys_absent: int = 0
+    won_by_unknown: int = 0  # keys whose value came from a write with no answer (legitimate)
+    ties: int = 0  # keys whose winner was a tie we could not break (node unknown): any accepted
+    stale_after_partial: int = 0  # stale reads after a write fewer than all nodes acknowledged
+    reads: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+def _describe(op: Op, key: str) -> str:
+    value = op.changes[key]
+    what = "delete" if value is None else f"set {value!r}"
+    return f"op {op.id} {what} (ts {op.ts}, node {op.node or '?'}, {op.outcome})"
+
+
+def judge_key(key: str, ops: Sequence[Op], final: str | None, report: Report) -> None:
+    """Check one key's converged value against the writes made to it (rules 2 and 3)."""
+    acked = [o for o in ops if o.outcome == ACKED]
+    unknown = [o for o in ops if o.outcome == UNKNOWN]
+    if final is None:
+        report.keys_absent += 1
+    else:
+        report.keys_present += 1
+    if acked:
+        top = max(o.order() for o in acked)
+        # The winner among acknowledged writes; with equal timestamps and a node we could not
+        # name, the order between them is unknown, so each of them may have won.
+        tied = [o for o in acked if o.ts == top[0] and (o.order() == top or o.node is None)]
+        if any(o.node is None for o in tied) and len(tied) > 1:
+            report.ties += 1
+        if any(o.changes[key] == final for o in tied):
+            return
+        best = max(tied, key=Op.order)
+    elif final is None:
+        return  # only rejected or unknown writes, and nothing there: fine
+    else:
+        best = None
+    if any(o.changes[key] == final for o in unknown):
+        report.won_by_unknown += 1  # its answer was lost; it may carry the greatest timestamp
+        return
+    older = [o for o in acked if o.changes[key] == final]
+    if best is None:
+        report.violations.append(
+            Violation("phantom", key, f"holds {final!r}, which no write to this key stored")
+        )
+    elif final is None:
+        report.violations.append(
+            Violation(
+                "lost-write",
+                key,
+                f"is absent; the latest acknowledged write is {_describe(best, key)}",
+            )
+        )
+    elif older and best.changes[key] is None:
+        report.violations.append(
+            Violation(
+                "resurrected",
+                key,
+                f"holds {final!r} from {_describe(older[0], key)}, "
+                f"but {_describe(best, key)} came later",
+            )
+        )
+    elif older:
+        report.violations.append(
+            Violation(
+                "lost-write",
+                key,
+                f"holds {final!r} from {_describe(older[0], key)}, "
+                f"not the later {_describe(best, key)}",
+            )
+        )
+    else:
+        report.violations.append(
+            Violation("phantom", key, f"holds {final!r}, which no write to this key stored")
+        )
+
+
+def diverged(data: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, str | None]]:
+    """Keys on which the nodes disagree: key -> {node: value or None}."""
+    keys = set().union(*data.values()) if data else set()
+    out: dict[str, dict[str, str | None]] = {}
+    for key in sorted(keys):
+        seen = {node: d.get(key) for node, d in data.items()}
+        if len(set(seen.values())) > 1:
+            out[key] = seen
+    return out
+
+
+def judge(
+    ops: Iterable[Op],
+    data: Mapping[str, Mapping[str, str]],
+    reads: Iterable[Read] = (),
+    unavailable: Iterable[str] = (),
+) -> Report:
+    """The verdict on a run: `data` is each node's final data (node -> {key: value}); nodes in
+    `unavailable` could not be read at all (not ready, or not answering) after the run."""
+    ops = list(ops)
+    by_id = {o.id: o for o in ops}
+    report = Report()
+    for node in unavailable:
+        report.violations.append(Violation("unavailable", node, "could not be read after the run"))
+    split = diverged(data)
+    for key, seen in split.items():
+        shown = ", ".join(f"{n}={v!r}" for n, v in sorted(seen.items()))
+        report.violations.append(Violation("diverged", key, f"nodes disagree: {shown}"))
+    per_key: dict[str, list[Op]] = {}
+    for op in ops:
+        for key in op.changes:
+            per_key.setdefault(key, []).append(op)
+    # Identical nodes are judged once; nodes that diverged are each judged (violations deduped).
+    seen_violations: set[tuple[str, str]] = set()
+    for i, (node, view) in enumerate(sorted(data.items())):
+        if i and not split:
+            break
+        sub = Report()
+        for key in sorted(set(per_key) | set(view)):
+            judge_key(key, per_key.get(key, []), view.get(key), sub)
+        if i == 0:
+            report.keys_present, report.keys_absent = sub.keys_present, sub.keys_absent
+            report.won_by_unknown, report.ties = sub.won_by_unknown, sub.ties
+        for v in sub.violations:
+            if (v.rule, v.key) not in seen_violations:
+                seen_violations.add((v.rule, v.key))
+                detail = f"on {node}: {v.detail}" if split else v.detail
+                report.violations.append(Violation(v.rule, v.key, detail))
+    for r in reads:
+        report.reads += 1
+        if r.got == r.expected:
+            continue
+        op = by_id[r.op]
+        if not op.fully_replicated:
+            report.stale_after_partial += 1
+            continue
+        report.violations.append(
+            Violation(
+                "read-your-writes",
+                r.key,
+                f"read {r.got!r} (HTTP {r.status}) right after {_describe(op, r.key)}, "
+                f"which every node acknowledged ({op.replicas[0] if op.replicas else '?'})",
+            )
+        )
+    return report
+
+
+# --- the writers (IO) -----------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    duration: float = 20.0
+    writers: int = 8
+    keys: int = 50  # shared keys: small, so that writers contend
+    private_keys: int = 4  # each writer's own keys, read back after each write
+    seed: int = 1
+
+
+@dataclass
+class Run:
+    """Everything observed; `names` maps a node's HTTP address to its name."""
+
+    run_id: str
+    ops: list[Op] = field(default_factory=list)
+    reads: list[Read] = field(default_factory=list)
+    names: dict[str, str] = field(default_factory=dict)
+    events: list[str] = field(default_factory=list)
+    ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    t0: float = field(default_factory=time.monotonic)
+
+    def event(self, text: str) -> None:
+        line = f"{time.monotonic() - self.t0:6.1f}s {text}"
+        self.events.append(line)
+        print(f"  {line}", flush=True)
+
+
+def _header_ts(headers: Mapping[str, str]) -> int | None:
+    raw = headers.get("X-Timestamp")
+    return int(raw) if raw is not None and raw.isdigit() else None
+
+
+def _header_replicas(headers: Mapping[str, str]) -> tuple[int, int] | None:
+    m = re.fullmatch(r"(\d+)/(\d+)", headers.get("X-Replicas", ""))
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+class Writer:
+    def __init__(
+        self, index: int, run: Run, session: aiohttp.ClientSession, url: str, s: Settings
+    ) -> None:
+        self.index = index
+        self.run = run
+        self.session = session
+        self.url = url
+        self.s = s
+        self.rng = random.Random(s.seed * 1000 + index)
+        self.seq = 0
+        self.latest: dict[str, int] = {}  # private key -> id of our last acked write
+
+    def _key(self) -> str:
+        return f"{self.run.run_id}-k{self.rng.randrange(self.s.keys)}"
+
+    def _private(self) -> str:
+        return f"{self.run.run_id}-w{self.index}-p{self.rng.randrange(self.s.private_keys)}"
+
+    def _value(self) -> str:
+        self.seq += 1
+        return f"w{self.index}.{self.seq}"
+
+    async def request(self, op: Op, method: str, path: str, body: Any = None) -> None:
+        op.started = time.monotonic()
+        try:
+            async with self.session.request(method, self.url + path, json=body) as resp:
+                await resp.read()
+                op.status = resp.status
+                op.ts = _header_ts(resp.headers)
+                op.replicas = _header_replicas(resp.headers)
+                upstreams = [u.strip() for u in resp.headers.get("X-Upstream", "").split(",")]
+                upstreams = [u for u in upstreams if u]
+                op.upstreams = len(upstreams)
+                if upstreams:
+                    op.node = self.run.names.get(upstreams[-1])
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            op.error = repr(exc)
+        op.ended = time.monotonic()
+        self.run.ops.append(op)
+
+    def _op(self, kind: str, changes: dict[str, str | None]) -> Op:
+        return Op(next(self.run.ids), kind, changes)
+
+    async def step(self) -> None:
+        r = self.rng.random()
+        if r < 0.25:  # a private key, read back at once
+            key, value = self._private(), self._value()
+            op = self._op("set", {key: value})
+            await self.request(op, "PUT", f"/keys/{key}", {"value": value})
+            if op.outcome == ACKED:
+                await self.read_back(op, key, value)
+        elif r < 0.55:
+            key, value = self._key(), self._value()
+            op = self._op("set", {key: value})
+            if self.rng.random() < 0.7:
+                await self.request(op, "PUT", f"/keys/{key}", {"value": value})
+            else:
+                await self.request(op, "GET", f"/set?k={key}&v={value}")
+        elif r < 0.78:
+            key = self._key()
+            op = self._op("delete", {key: None})
+            if self.rng.random() < 0.7:
+                await self.request(op, "DELETE", f"/keys/{key}")
+            else:
+                await self.request(op, "GET", f"/rm?k={key}")
+        elif r < 0.83:  # delete a private key and read the absence back
+            key = self._private()
+            op = self._op("delete", {key: None})
+            await self.request(op, "DELETE", f"/keys/{key}")
+            if op.outcome == ACKED:
+                await self.read_back(op, key, None)
+        else:
+            value = self._value()
+            keys = {self._key() for _ in range(self.rng.randint(2, 5))}
+            op = self._op("batch", dict.fromkeys(sorted(keys), value))
+            await self.request(op, "PUT", "/keys", dict.fromkeys(sorted(keys), value))
+
+    async def read_back(self, op: Op, key: str, expected: str | None) -> None:
+        try:
+            async with self.session.get(f"{self.url}/keys/{key}") as resp:
+                body = await resp.json(content_type=None)
+                got = body.get("value") if resp.status == 200 else None
+                status: int | None = resp.status
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return  # no answer is not a stale answer
+        if status in (200, 404):
+            self.run.reads.append(Read(op.id, key, expected, got, status))
+
+    async def loop(self, until: float) -> None:
+        while time.monotonic() < until:
+            await self.step()
+
+
+# --- reading the nodes ----------------------------------------------------------------------------
+
+
+async def members(session: aiohttp.ClientSession, url: str) -> list[dict[str, Any]]:
+    async with session.get(f"{url}/cluster/members") as resp:
+        resp.raise_for_status()
+        body = await resp.json()
+    return list(body["members"])
+
+
+async def node_data(session: aiohttp.ClientSession, node_url: str, prefix: str) -> dict[str, str]:
+    """Every key of this run on one node, read directly, page by page (GET /keys?limit&cursor)."""
+    data: dict[str, str] = {}
+    cursor: str | None = None
+    while True:
+        params = {"filter": f"{prefix}*", "limit": str(PAGE)}
+        if cursor is not None:
+            params["cursor"] = cursor
+        async with session.get(f"{node_url}/keys", params=params) as resp:
+            resp.raise_for_status()
+            page = await resp.json()
+        data.update(page["data"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return data
+
+
+async def converge(
+    session: aiohttp.ClientSession, node_urls: Mapping[str, str], prefix: str, within: float
+) -> tuple[dict[str, dict[str, str]], list[str], float]:
+    """Poll every node directly until all are ready and hold identical data, or `within` s pass.
+
+    Returns each node's data (from the last round that read it), the nodes that could not be
+    read in that round (not ready or not answering), and the seconds it took.
+    """
+    started = time.monotonic()
+    while True:
+        data: dict[str, dict[str, str]] = {}
+        missing: list[str] = []
+        for name, url in sorted(node_urls.items()):
+            try:
+                async with session.get(f"{url}/health") as resp:
+                    ready = resp.status == 200
+                if ready:
+                    data[name] = await node_data(session, url, prefix)
+                else:
+                    missing.append(name)
+            except (aiohttp.ClientError, TimeoutError, KeyError, ValueError):
+                missing.append(name)
+        took = time.monotonic() - started
+        if (not missing and not diverged(data)) or took > within:
+            return data, missing, took
+        await asyncio.sleep(0.5)
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """Where to write (the balancer) and the nodes to read, by name; `mesh` if we started it."""
+
+    url: str
+    nodes: dict[str, str]  # name -> http://address
+    mesh: meshlib.Mesh | None = None
+
+
+async def discover(url: str) -> dict[str, str]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        found = await members(session, url)
+    return {m["name"]: f"http://{m['address']}" for m in found if m["state"] == "alive"}
+
+
+async def kill_and_restart(target: Target, run: Run, at: float, down: float, victim: str) -> None:
+    """SIGKILL one node at `at` (monotonic), start it again `down` seconds later, wait ready."""
+    mesh = target.mesh
+    assert mesh is not None
+    await asyncio.sleep(max(0.0, at - time.monotonic()))
+    child = mesh.children[victim]
+    assert child.proc is not None
+    os.kill(child.proc.pid, signal.SIGKILL)
+    child.proc.wait()
+    child.reported = True
+    run.event(f"{victim} killed with SIGKILL (PID {child.proc.pid})")
+    await asyncio.sleep(down)
+    mesh.respawn(victim)
+    run.event(f"{victim} restarted (PID {child.proc.pid}), joining")
+    deadline = time.monotonic() + 30
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with session.get(target.nodes[victim] + "/health") as resp:
+                    if resp.status == 200:
+                        run.event(f"{victim} is ready again (synced)")
+                        return
+            await asyncio.sleep(0.1)
+    run.event(f"{victim} did not become ready within 30 s")
+
+
+async def drive(
+    target: Target,
+    s: Settings,
+    kill: bool,
+    down: float,
+    within: float,
+    history: Path | None = None,
+) -> int:
+    """Write, maybe kill and restart, converge, judge, print; 0 if the verdict is PASS."""
+    run = Run(run_id=f"chk{uuid.uuid4().hex[:8]}")
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
+        connector=aiohttp.TCPConnector(limit=s.writers * 2),
+    ) as session:
+        for m in await members(session, target.url):
+            run.names[m["address"]] = m["name"]
+        writers = [Writer(i, run, session, target.url, s) for i in range(1, s.writers + 1)]
+        run.t0 = time.monotonic()
+        until = run.t0 + s.duration
+        print(
+            f"kvmesh check: {len(target.nodes)} nodes, {s.writers} writers for {s.duration:g} s "
+            f"through {target.url}, keys {run.run_id}-*",
+            flush=True,
+        )
+        async with asyncio.TaskGroup() as tg:
+            for w in writers:
+                tg.create_task(w.loop(until))
+            if kill:
+                victim = random.Random(s.seed).choice(sorted(target.nodes))
+                tg.create_task(kill_and_restart(target, run, run.t0 + s.duration / 3, down, victim))
+        run.event("writes stopped; waiting for convergence")
+        data, missing, took = await converge(session, target.nodes, run.run_id, within)
+    report = judge(run.ops, data, run.reads, missing)
+    print_verdict(run, report, data, took, within)
+    if history is not None:
+        await asyncio.to_thread(history.write_text, dump(run.ops))
+        print(f"  history      {history} (one operation a line, JSON)")
+    return 0 if report.ok else 1
+
+
+def print_verdict(
+    run: Run, report: Report, data: Mapping[str, Mapping[str, str]], took: float, timeout: float
+) -> None:
+    outcomes = Counter(o.outcome for o in run.ops)
+    kinds = Counter(o.kind for o in run.ops if o.outcome == ACKED)
+    partial = sum(1 for o in run.ops if o.outcome == ACKED and not o.fully_replicated)
+    retried = sum(1 for o in run.ops if o.upstreams > 1)
+    errors = Counter(
+        o.error.split("(")[0] or f"HTTP {o.status}" for o in run.ops if o.outcome == UNKNOWN
+    )
+    converged = not diverged(data) and not any(v.rule == "unavailable" for v in report.violations)
+    rules = Counter(v.rule for v in report.violations)
+    print(
+        f"  operations   {len(run.ops)}: {outcomes[ACKED]} acknowledged "
+        f"({kinds['set']} sets, {kinds['delete']} deletes, {kinds['batch']} batches), "
+        f"{outcomes[REJECTED]} not applied (delete of a missing key), "
+        f"{outcomes[UNKNOWN]} without an answer" + (f" {dict(errors)}" if errors else "")
+    )
+    print(
+        f"  replication  {outcomes[ACKED] - partial} acknowledged by every node, {partial} by "
+        f"fewer (X-Replicas); {retried} retried by nginx on another node"
+    )
+    print(
+        f"  convergence  {len(data)} nodes read "
+        + (f"identical after {took:.1f} s" if converged else f"still differ after {timeout:g} s")
+        + f"; {report.keys_present} keys present, {report.keys_absent} absent"
+    )
+    print(
+        f"  reads        {report.reads} read-your-writes probes, "
+        f"{rules['read-your-writes']} stale after a write every node acknowledged, "
+        f"{report.stale_after_partial} stale after a partially acknowledged one"
+    )
+    print(
+        f"  winners      {report.won_by_unknown} keys won by a write whose answer was lost, "
+        f"{report.ties} unbreakable timestamp ties"
+    )
+    for v in report.violations[:20]:
+        print(f"  VIOLATION {v.rule}: {v.key} {v.detail}")
+    if len(report.violations) > 20:
+        print(f"  ... and {len(report.violations) - 20} more")
+    summary = ", ".join(f"{n} {r}" for r, n in sorted(rules.items())) or "none"
+    verdict = "PASS" if report.ok else "FAIL"
+    print(f"VERDICT: {verdict} ({len(report.violations)} violations: {summary})", flush=True)
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+
+def parse_seconds(text: str) -> float:
+    """'20', '20s', '1m' or '1m30s' -> seconds."""
+    m = re.fullmatch(r"(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?", text.strip())
+    if not text.strip() or m is None:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 20s or 1m)")
+    return float(m.group(1) or 0) * 60 + float(m.group(2) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest.check",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--url", help="the balancer of a running mesh (else start one of our own)")
+    p.add_argument("--nodes", type=int, default=3, help="nodes of our own mesh [3]")
+    p.add_argument("--duration", type=parse_seconds, default=20.0, help="writing time [20s]")
+    p.add_argument("--writers", type=int, default=8, help="concurrent writers [8]")
+    p.add_argument("--keys", type=int, default=50, help="shared keys the writers contend on [50]")
+    p.add_argument("--kill-restart", action="store_true", help="SIGKILL a node and restart it")
+    p.add_argument("--down", type=parse_seconds, default=2.0, help="time it stays dead [2s]")
+    p.add_argument("--converge-timeout", type=parse_seconds, default=60.0, help="[60s]")
+    p.add_argument("--seed", type=int, default=1, help="seeds the writers and the victim [1]")
+    p.add_argument("--node-arg", action="append", default=[], help="extra node.py argument")
+    p.add_argument("--keep-logs", action="store_true", help="keep our mesh's logs on success")
+    p.add_argument("--history", type=Path, help="write every operation to this file (JSON lines)")
+    args = p.parse_args(argv)
+    settings = Settings(args.duration, args.writers, args.keys, seed=args.seed)
+    if args.url:
+        if args.kill_restart:
+            p.error("--kill-restart needs a mesh of our own (it restarts the node): drop --url")
+        try:
+            nodes = asyncio.run(discover(args.url.rstrip("/")))
+        except (aiohttp.ClientError, TimeoutError, KeyError, ValueError) as exc:
+            print(f"check: cannot list the members through {args.url}: {exc!r}", file=sys.stderr)
+            return 2
+        target = Target(args.url.rstrip("/"), nodes)
+        return asyncio.run(drive(target, settings, False, 0, args.converge_timeout, args.history))
+    if procs.nginx_binary() is None:
+        print("check: nginx is not installed (sudo make install-system)", file=sys.stderr)
+        return 2
+    run_dir = Path(tempfile.mkdtemp(prefix="kvcheck-"))
+    mesh = meshlib.Mesh(meshlib.free_plan(args.nodes, args.node_arg), run_dir, quiet=True)
+    status = 2
+    stop = False
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        mesh.start_nodes()
+        mesh.wait_nodes()
+        mesh.start_nginx()
+        mesh.wait_nginx()
+        nodes = {n.name: f"http://127.0.0.1:{n.port}" for n in mesh.plan.nodes}
+        target = Target(mesh.plan.url, nodes, mesh)
+        status = asyncio.run(
+            drive(
+                target,
+                settings,
+                args.kill_restart,
+                args.down,
+                args.converge_timeout,
+                args.history,
+            )
+        )
+    except RuntimeError as exc:
+        print(f"check: the mesh did not start: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("check: interrupted", file=sys.stderr)
+    finally:
+        mesh.stop()
+        signal.signal(signal.SIGTERM, previous)
+        if status == 0 and not args.keep_logs:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        else:
+            print(f"  node and nginx logs: {run_dir}")
+    return 130 if stop else status
+
+
+def dump(ops: Iterable[Op]) -> str:
+    """The history as JSON lines (for debugging a failed run)."""
+    return "\n".join(json.dumps(asdict(o)) for o in ops)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""`python -m loadtest.check` for real, briefly: a clean verdict on a healthy mesh it is pointed
+at (--url), and on a mesh of its own in which it kills a node with SIGKILL and restarts it.
+
+That the checker can fail at all is shown on synthetic histories in tests/unit/test_check_logic.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from loadtest import mesh as meshlib
+from loadtest import procs
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(procs.nginx_binary() is None, reason="nginx is not installed"),
+]
+
+
+def run_check(*args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "loadtest.check", "--converge-timeout", "20s", *args],
+        cwd=procs.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    print(result.stdout, result.stderr)
+    return result
+
+
+@pytest.fixture
+def running_mesh(tmp_path: Path) -> Iterator[meshlib.Mesh]:
+    m = meshlib.Mesh(meshlib.free_plan(3), tmp_path, quiet=True)
+    try:
+        m.start_nodes()
+        m.wait_nodes()
+        m.start_nginx()
+        m.wait_nginx()
+        yield m
+    finally:
+        m.stop()
+
+
+def test_a_healthy_mesh_passes(running_mesh: meshlib.Mesh) -> None:
+    result = run_check("--url", running_mesh.plan.url, "--duration", "4s", "--writers", "6")
+    assert result.returncode == 0
+    assert "VERDICT: PASS (0 violations: none)" in result.stdout
+    assert "3 nodes read identical" in result.stdout
+
+
+def test_a_node_killed_and_restarted_midway_loses_nothing() -> None:
+    result = run_check("--duration", "7s", "--writers", "6", "--kill-restart", "--down", "1s")
+    assert result.returncode == 0
+    assert "killed with SIGKILL" in result.stdout
+    assert "is ready again" in result.stdout
+    assert "VERDICT: PASS (0 violations: none)" in result.stdout
+
+
+def test_kill_restart_needs_a_mesh_of_its_own() -> None:
+    result = run_check("--url", "http://127.0.0.1:1", "--kill-restart")
+    assert result.returncode == 2
+    assert "--kill-restart needs a mesh of our own" in result.stderr

@@ -1,0 +1,458 @@
+"""The mesh boundary under bad input: real node.py processes on loopback, attacked from outside.
+
+- Garbage, truncated, stale (replayed) and maximum-size datagrams on the gossip UDP port, and bad
+  bodies on the node-to-node routes (/internal/replicate, /internal/ae/exchange,
+  /internal/snapshot, /internal/gossip/pushpull): dropped or refused, counted in /metrics, and the
+  node keeps serving with its membership and data unchanged.
+- With --cluster-key nothing unauthenticated changes membership or data, and nothing leaks.
+- Slow clients (one byte a second) and a thousand idle connections (HTTP and the line protocol)
+  do not starve a normal client.
+
+Every test is bounded (a few seconds each); processes are started on free ports and stopped by PID.
+An oversized *datagram* cannot be sent over IPv4 (65,507 bytes is the largest UDP payload, and the
+node accepts that much before decoding): the oversize check is exercised on push/pull bodies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cluster import auth
+from cluster.messages import MAX_DATAGRAM, Alive, Dead, Leave, PushPull, Suspect, encode_packet
+from loadtest import procs
+
+pytestmark = pytest.mark.e2e
+
+FAST = [
+    "--probe-interval",
+    "0.2",
+    "--probe-timeout",
+    "0.1",
+    "--gossip-interval",
+    "0.05",
+    "--push-pull-interval",
+    "1",
+    "--antientropy-interval",
+    "0.5",
+    "--replication-timeout",
+    "1",
+]
+KEY = "boundary-secret"
+
+
+def call(
+    url: str,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 5.0,
+) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.code, e.read()
+
+
+def metrics(node: procs.NodeProc) -> dict[str, float]:
+    _, raw = call(node.url + "/metrics")
+    out: dict[str, float] = {}
+    for line in raw.decode().splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def members(node: procs.NodeProc) -> dict[str, tuple[str, int]]:
+    _, raw = call(node.url + "/cluster/members")
+    return {m["name"]: (m["state"], m["incarnation"]) for m in json.loads(raw)["members"]}
+
+
+def dump(node: procs.NodeProc) -> dict[str, str]:
+    return dict(json.loads(call(node.url + "/getAll")[1]))
+
+
+def eventually(check: Any, limit: float = 10.0, what: str = "") -> None:
+    deadline = time.monotonic() + limit
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {limit}s: {what}")
+        time.sleep(0.05)
+
+
+def udp(node: procs.NodeProc, *datagrams: bytes) -> None:
+    """Send paced (the kernel drops what overflows the node's receive buffer, uncounted)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for i, d in enumerate(datagrams):
+            s.sendto(d, ("127.0.0.1", node.port))
+            if i % 10 == 9 or len(d) > 10_000:
+                time.sleep(0.005)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def assert_serves_quickly(node: procs.NodeProc, limit: float = 0.5) -> None:
+    started = time.monotonic()
+    status, _ = call(f"{node.url}/set?k=probe&v={started}")
+    assert status == 200
+    assert call(node.url + "/get?k=probe")[0] == 200
+    assert time.monotonic() - started < limit
+
+
+class Pair:
+    """Two joined nodes, optionally with a cluster key."""
+
+    def __init__(self, tmp: Path, key: str | None) -> None:
+        extra = ["--cluster-key", key] if key else []
+        self.a = procs.start_node(*FAST, *extra, log_dir=tmp, name="a")
+        self.b = procs.start_node(
+            *FAST, *extra, "--join", f"127.0.0.1:{self.a.port}", log_dir=tmp, name="b"
+        )
+        eventually(
+            lambda: all(
+                {n: s for n, (s, _) in members(x).items()} == {"a": "alive", "b": "alive"}
+                for x in (self.a, self.b)
+            ),
+            what="a and b see each other alive",
+        )
+
+    def stop(self) -> None:
+        for n in (self.a, self.b):
+            procs.stop(n.proc)
+
+
+@pytest.fixture
+def plain(tmp_path: Path) -> Iterator[Pair]:
+    pair = Pair(tmp_path, None)
+    try:
+        yield pair
+    finally:
+        pair.stop()
+
+
+@pytest.fixture
+def keyed(tmp_path: Path) -> Iterator[Pair]:
+    pair = Pair(tmp_path, KEY)
+    try:
+        yield pair
+    finally:
+        pair.stop()
+
+
+# --- datagrams ------------------------------------------------------------------------------------
+
+
+def test_garbage_truncated_and_maximum_size_datagrams_are_dropped_and_counted(plain: Pair) -> None:
+    a = plain.a
+    call(a.url + "/set?k=before&v=1")
+    data_before, members_before = dump(a), members(a)
+    rng = random.Random(7)
+    valid = encode_packet([Alive("intruder", "127.0.0.1:9", 1)], None, now_ms())
+    garbage = [rng.randbytes(rng.randrange(1, 1400)) for _ in range(300)]
+    crafted = [
+        b"",  # empty
+        valid[:10],  # truncated mid-JSON
+        valid[:1],  # only the format marker
+        b"\x07" + valid[1:],  # unknown format marker
+        b"\x00" + json.dumps([99, now_ms(), [5, "x", "127.0.0.1:9", 1]]).encode(),  # version
+        b"\x00" + json.dumps([1, now_ms(), [42, "x"]]).encode(),  # unknown message type
+        b"\x00" + json.dumps([1, now_ms(), [5, "x", "no-port", 1]]).encode(),  # bad address
+        b"\x00" + json.dumps([1, -5, [5, "x", "127.0.0.1:9", 1]]).encode(),  # negative time
+        b"\x00" + json.dumps([1, now_ms(), [5, "x", "127.0.0.1:9", 2**70]]).encode(),  # huge int
+        b"\x00" + b"[" * 50_000,  # deeply nested
+        b"\x00" + rng.randbytes(MAX_DATAGRAM - 1),  # the largest datagram IPv4 carries
+    ]
+    signed = encode_packet([Alive("intruder", "127.0.0.1:9", 1)], "some-key", now_ms())
+    udp(a, *garbage, *crafted, signed)
+
+    def counted() -> bool:
+        m = metrics(a)
+        return m["gossip_dropped_malformed"] >= len(garbage) + len(crafted) - 1 and (
+            m["gossip_dropped_auth"] >= 1
+        )
+
+    eventually(counted, what=f"drops counted: {metrics(a)}")
+    assert_serves_quickly(a)
+    assert members(a) == members_before
+    assert "intruder" not in members(plain.b)
+    assert dump(a) == {**data_before, "probe": dump(a)["probe"]}
+
+
+def test_a_flood_of_garbage_datagrams_does_not_stop_the_node(plain: Pair) -> None:
+    a = plain.a
+    rng = random.Random(3)
+    stop = threading.Event()
+    sent = [0]
+
+    def flood() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            while not stop.is_set():
+                s.sendto(rng.randbytes(512), ("127.0.0.1", a.port))
+                sent[0] += 1
+                if sent[0] % 200 == 0:
+                    time.sleep(0.001)
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    try:
+        time.sleep(0.5)
+        for _ in range(20):
+            assert_serves_quickly(a, limit=1.0)
+        time.sleep(1.0)  # several probe rounds under the flood
+        assert {n: s for n, (s, _) in members(plain.b).items()} == {"a": "alive", "b": "alive"}
+    finally:
+        stop.set()
+        flooder.join()
+    assert metrics(a)["gossip_dropped_malformed"] > 1000
+
+
+# --- node-to-node HTTP bodies ---------------------------------------------------------------------
+
+
+BAD_BODIES = [
+    b"",
+    b"not json",
+    b'{"v": 1, "from": "x", "stable": 0, "batches": [[1, "x", false, [["k", "v", null]]]',  # cut
+    b'{"v": 2, "from": "x", "stable": 0, "batches": []}',  # another version
+    b'{"v": 1, "from": "x", "stable": 0, "batches": [["ts", "x", false, []]]}',
+    b'{"v": 1, "from": "x", "stable": 0, "batches": [[1, "x", false, [[7, "v", null]]]]}',
+    b"[1, 2, 3]",
+    b'{"buckets": [99999], "clear": [0, ""], "entries": []}',
+]
+
+
+@pytest.mark.parametrize("path", ["/internal/replicate", "/internal/ae/exchange"])
+def test_malformed_replication_bodies_are_refused_counted_and_change_nothing(
+    plain: Pair, path: str
+) -> None:
+    a = plain.a
+    call(a.url + "/set?k=kept&v=1")
+    before, counted = dump(a), metrics(a)["internal_rejected_malformed"]
+    for body in BAD_BODIES:
+        status, raw = call(a.url + path, "POST", body, {"Content-Type": "application/json"})
+        assert status == 400, (body, raw)
+        assert json.loads(raw)["code"] == "INVALID_BODY"
+    assert metrics(a)["internal_rejected_malformed"] >= counted + len(BAD_BODIES)
+    assert dump(a) == before
+    assert_serves_quickly(a)
+
+
+def test_oversized_bodies_are_refused_with_413(plain: Pair) -> None:
+    a = plain.a
+    big = b"x" * (8 * 1024 * 1024 + 1)
+    for path in ("/internal/replicate", "/internal/ae/exchange", "/internal/gossip/pushpull"):
+        status, raw = call(a.url + path, "POST", big, timeout=20)
+        assert status == 413, (path, raw[:200])
+    assert_serves_quickly(a)
+
+
+def test_bad_snapshot_requests_are_refused(plain: Pair) -> None:
+    a = plain.a
+    for query in ("limit=abc", "limit=0", "limit=1000000", "limit=-1"):
+        status, raw = call(f"{a.url}/internal/snapshot?{query}")
+        assert status == 400, (query, raw)
+    # The internal cursor is lenient (a garbage one restarts the scan): never a server error.
+    assert call(f"{a.url}/internal/snapshot?after=%25%25%25")[0] in (200, 400)
+    assert_serves_quickly(a)
+
+
+def test_push_pull_garbage_is_refused_and_counted(plain: Pair) -> None:
+    a = plain.a
+    before = metrics(a)["gossip_push_pull_refused"]
+    rogue = encode_packet([Alive("intruder", "127.0.0.1:9", 1)], None, now_ms())  # not a push/pull
+    for body in (b"", b"garbage", b"\x00[1]", rogue):
+        status, _ = call(a.url + "/internal/gossip/pushpull", "POST", body)
+        assert status == 400
+    assert metrics(a)["gossip_push_pull_refused"] >= before + 4
+    assert "intruder" not in members(a)
+
+
+def test_a_replicated_timestamp_far_ahead_is_refused_counted_and_not_adopted(plain: Pair) -> None:
+    a = plain.a
+    ahead = (now_ms() + 3_600_000) << 16  # an hour ahead
+    body = json.dumps(
+        {"v": 1, "from": "b", "stable": 0, "batches": [[ahead, "b", False, [["fut", "v", None]]]]}
+    ).encode()
+    before = metrics(a)["replication_refused_batches"]
+    assert call(a.url + "/internal/replicate", "POST", body)[0] == 200
+    m = metrics(a)
+    assert m["replication_refused_batches"] == before + 1
+    assert m["hlc_last_wall_ms"] < now_ms() + 1000
+    assert call(a.url + "/get?k=fut")[0] == 404
+    assert "refused a batch from node=b" in a.log.read_text()
+
+
+# --- with a cluster key ---------------------------------------------------------------------------
+
+
+def test_with_a_cluster_key_unauthenticated_gossip_changes_no_membership(keyed: Pair) -> None:
+    a, b = keyed.a, keyed.b
+    inc_b = members(a)["b"][1]
+    before = metrics(a)
+    forged = [
+        [Alive("intruder", "127.0.0.1:9", 1)],
+        [Dead("b", inc_b, "a")],
+        [Leave("b", inc_b + 1, "a")],
+        [Suspect("b", inc_b, "a")],
+    ]
+    unsigned = [encode_packet(m, None, now_ms()) for m in forged]
+    wrong_key = [encode_packet(m, "not-the-key", now_ms()) for m in forged]
+    # Signed with the right key (as if captured) but ten minutes old: outside the replay window.
+    stale = [encode_packet(m, KEY, now_ms() - 600_000) for m in forged]
+    truncated = [p[:20] for p in wrong_key]  # shorter than the HMAC
+    udp(a, *unsigned, *wrong_key, *stale, *truncated)
+
+    def counted() -> bool:
+        m = metrics(a)
+        return (
+            m["gossip_dropped_auth"] >= before["gossip_dropped_auth"] + 8
+            and m["gossip_dropped_stale"] >= before["gossip_dropped_stale"] + 4
+            and m["gossip_dropped_malformed"] >= before["gossip_dropped_malformed"] + 4
+        )
+
+    eventually(counted, what=f"drops counted: {metrics(a)}")
+    time.sleep(1.0)  # several probe rounds: nothing forged may surface later either
+    for node in (a, b):
+        view = members(node)
+        assert "intruder" not in view
+        assert {n: s for n, (s, _) in view.items()} == {"a": "alive", "b": "alive"}
+    # Push/pull with no signature, or a stale one: 401, counted, not merged.
+    join = PushPull("intruder", "127.0.0.1:9", True, False, ())
+    for packet in (encode_packet([join], None, now_ms()), encode_packet([join], KEY, 1)):
+        assert call(a.url + "/internal/gossip/pushpull", "POST", packet)[0] == 401
+    assert metrics(a)["gossip_push_pull_refused"] >= before["gossip_push_pull_refused"] + 2
+    assert "intruder" not in members(a)
+
+
+def test_with_a_cluster_key_unauthenticated_requests_neither_write_nor_read(keyed: Pair) -> None:
+    a = keyed.a
+    call(a.url + "/set?k=secret&v=s3cret")
+    before = metrics(a)["internal_rejected_unauthenticated"]
+    write = json.dumps(
+        {
+            "v": 1,
+            "from": "x",
+            "stable": 0,
+            "batches": [[1 << 16, "x", False, [["evil", "1", None]]]],
+        }
+    ).encode()
+    wrong = auth.signature("not-the-key", "POST", "/internal/replicate", write)
+    exchange = json.dumps({"buckets": list(range(1024)), "clear": [0, ""], "entries": []}).encode()
+    attempts = [
+        ("POST", "/internal/replicate", write, {}),
+        ("POST", "/internal/replicate", write, {auth.HEADER: wrong}),
+        ("POST", "/internal/replicate", write, {auth.HEADER: "00" * 32}),
+        ("POST", "/internal/ae/exchange", exchange, {}),
+        ("GET", "/internal/ae/digests", None, {}),
+        ("GET", "/internal/snapshot?limit=10", None, {}),
+        ("POST", "/internal/replicate", b"garbage", {}),
+    ]
+    for method, path, body, headers in attempts:
+        status, raw = call(a.url + path, method, body, headers)
+        assert status == 401, (path, raw)
+        assert b"s3cret" not in raw
+        assert json.loads(raw)["code"] == "UNAUTHORIZED"
+    assert metrics(a)["internal_rejected_unauthenticated"] >= before + len(attempts)
+    assert call(a.url + "/get?k=evil")[0] == 404
+    assert call(keyed.b.url + "/get?k=evil")[0] == 404
+    # A correctly signed request is still served (the key works; the refusals were the point).
+    path = "/internal/snapshot?limit=10"
+    ok = call(a.url + path, headers={auth.HEADER: auth.signature(KEY, "GET", path, b"")})
+    assert ok[0] == 200
+    assert b"s3cret" in ok[1]
+
+
+# --- slow and idle clients ------------------------------------------------------------------------
+
+
+def _line_roundtrip(port: int, key: str) -> float:
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        s.sendall(f"PUT {key} v\nGET {key}\n".encode())
+        got = b""
+        while got.count(b"\n") < 2:
+            chunk = s.recv(4096)
+            assert chunk, "the line server closed the connection"
+            got += chunk
+    assert got.count(b'"Ok"') == 2, got
+    return time.monotonic() - started
+
+
+def test_slow_and_idle_clients_do_not_starve_a_normal_one(tmp_path: Path) -> None:
+    tcp_port = procs.free_port()
+    node = procs.start_node(*FAST, tcp_port=tcp_port, log_dir=tmp_path, name="solo")
+    idle: list[socket.socket] = []
+    stop = threading.Event()
+    slow_threads: list[threading.Thread] = []
+    try:
+        # A few slowloris clients: a request header one byte a second, never finished.
+        def slowloris(i: int) -> None:
+            request = f"GET /get?k=x{i} HTTP/1.1\r\nHost: x\r\nX-Slow: {'a' * 100}\r\n".encode()
+            with socket.create_connection(("127.0.0.1", node.port), timeout=5) as s:
+                for byte in request:
+                    if stop.wait(1.0):
+                        return
+                    try:
+                        s.sendall(bytes([byte]))
+                    except OSError:
+                        return  # the node may close a slow client: also fine
+
+        for i in range(5):
+            t = threading.Thread(target=slowloris, args=(i,), daemon=True)
+            t.start()
+            slow_threads.append(t)
+        # A thousand idle connections each on HTTP and on the line protocol, never a byte.
+        for port in (node.port, tcp_port):
+            for _ in range(1000):
+                idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(1.5)
+        http_worst = line_worst = 0.0
+        for i in range(30):
+            started = time.monotonic()
+            assert call(f"{node.url}/set?k=n{i}&v={i}")[0] == 200
+            assert call(f"{node.url}/get?k=n{i}")[0] == 200
+            http_worst = max(http_worst, time.monotonic() - started)
+            line_worst = max(line_worst, _line_roundtrip(tcp_port, f"l{i}"))
+        assert http_worst < 0.5, f"an HTTP round trip took {http_worst:.3f}s"
+        assert line_worst < 0.5, f"a line-protocol round trip took {line_worst:.3f}s"
+        assert node.proc.poll() is None
+        log = node.log.read_text()
+        assert "Traceback" not in log, log[-2000:]
+    finally:
+        stop.set()
+        for s in idle:
+            s.close()
+        for t in slow_threads:
+            t.join(5)
+        procs.stop(node.proc)
+
+
+@pytest.fixture(autouse=True)
+def _enough_file_descriptors() -> None:
+    """Two thousand idle sockets need more than a default 1024 descriptors (the node inherits
+    the limit)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, 8192) if hard != resource.RLIM_INFINITY else 8192
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    if os.name != "posix":  # pragma: no cover
+        pytest.skip("POSIX sockets only")

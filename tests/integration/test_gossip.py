@@ -1,0 +1,249 @@
+"""Gossip on real loopback sockets: UDP datagrams, HTTP push/pull, the for_tests parameters."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+import uvloop
+from aiohttp import web
+
+from cluster.clock import SystemClock
+from cluster.config import Config
+from cluster.gossip import GOSSIP_KEY, PUSH_PULL_ROUTE, Gossip, GossipParams, handle_push_pull
+from cluster.membership import ALIVE, DEAD, LEFT, SUSPECT, MemberEvent
+from cluster.messages import Ack, PushPull, encode_packet
+
+PARAMS = GossipParams.for_tests()
+
+
+@dataclass
+class Node:
+    gossip: Gossip
+    runner: web.AppRunner
+    events: list[MemberEvent] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.gossip.name
+
+    @property
+    def address(self) -> str:
+        return self.gossip.address
+
+    def state_of(self, name: str) -> str | None:
+        for m in self.gossip.members():
+            if m.name == name:
+                return m.state
+        return None
+
+    async def stop(self) -> None:
+        await self.gossip.stop()
+        await self.runner.cleanup()
+
+
+Start = Callable[..., Awaitable[Node]]
+
+
+class Nodes:
+    """Starts nodes on loopback and stops them all at the end."""
+
+    def __init__(self) -> None:
+        self.nodes: list[Node] = []
+
+    async def close(self) -> None:
+        for node in self.nodes:
+            await node.stop()
+
+    async def start(self, name: str, key: str | None = None, seed: int = 1) -> Node:
+        # HTTP first (port 0), then UDP on the same number, as the composition root does.
+        for _ in range(5):
+            gossip = Gossip(
+                Config.for_tests(),
+                SystemClock(),
+                random.Random(seed),
+                name,
+                "127.0.0.1:0",
+                key,
+                PARAMS,
+            )
+            app = web.Application()
+            app[GOSSIP_KEY] = gossip
+            app.router.add_post(PUSH_PULL_ROUTE, handle_push_pull)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = runner.addresses[0][1]
+            try:
+                await gossip.start(port=port)
+            except OSError:  # that UDP port is taken: try another TCP port
+                await runner.cleanup()
+                continue
+            node = Node(gossip, runner)
+            gossip.add_listener(node.events.append)
+            self.nodes.append(node)
+            return node
+        raise RuntimeError("no free port pair")
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[Start]:
+    nodes = Nodes()
+    yield nodes.start
+    await nodes.close()
+
+
+async def eventually(predicate: Callable[[], bool], within: float = 5.0) -> float:
+    """Seconds until `predicate()` held; fails the test after `within` seconds."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while not predicate():
+        if loop.time() - started > within:
+            raise AssertionError(f"not true within {within} s")  # an Exception: uvloop-safe
+        await asyncio.sleep(0.01)
+    return loop.time() - started
+
+
+async def mesh(start: Start, n: int = 3, key: str | None = None) -> list[Node]:
+    nodes = [await start(f"n{i}", key=key, seed=i) for i in range(n)]
+    for node in nodes[1:]:
+        assert await node.gossip.join([nodes[0].address], timeout=2.0)
+    await eventually(
+        lambda: all(a.state_of(b.name) == ALIVE for a in nodes for b in nodes if a is not b)
+    )
+    return nodes
+
+
+async def test_three_nodes_join_and_see_each_other(start: Start) -> None:
+    a, b, c = await mesh(start)
+    assert [m.name for m in a.gossip.alive_peers()] == ["n1", "n2"]
+    assert {m.as_dict()["state"] for m in c.gossip.members()} == {ALIVE}
+    assert any(e.name == "n2" and e.new_state == ALIVE for e in a.events)
+    assert a.gossip.counters()["gossip_datagrams_received"] > 0
+    assert b.gossip.counters()["gossip_push_pull_ok"] >= 1
+
+
+async def test_a_stopped_node_is_seen_not_alive_then_dead(start: Start) -> None:
+    a, b, c = await mesh(start)
+    await c.stop()  # no leave: a crash as far as the others can tell
+    took = await eventually(lambda: {a.state_of("n2"), b.state_of("n2")} <= {SUSPECT, DEAD})
+    assert took < 2.0
+    await eventually(lambda: a.state_of("n2") == DEAD and b.state_of("n2") == DEAD)
+    assert a.state_of("n1") == ALIVE
+
+
+async def test_leave_is_seen_as_left_and_a_rejoin_comes_back(start: Start) -> None:
+    a, b, c = await mesh(start)
+    await c.gossip.leave()
+    await eventually(lambda: a.state_of("n2") == LEFT and b.state_of("n2") == LEFT)
+    assert [m.name for m in c.gossip.members()] == ["n2"]
+    await asyncio.sleep(0.5)
+    assert a.state_of("n2") == LEFT  # no refutation, no death
+    assert await c.gossip.join([b.address], timeout=2.0)
+    await eventually(lambda: a.state_of("n2") == ALIVE and c.state_of("n0") == ALIVE)
+
+
+async def test_remove_puts_a_member_out_everywhere(start: Start) -> None:
+    a, b, c = await mesh(start)
+    assert not a.gossip.remove("nobody")
+    assert a.gossip.remove("n2")
+    await eventually(lambda: b.state_of("n2") == LEFT and c.gossip.membership.left)
+    await asyncio.sleep(0.5)
+    assert a.state_of("n2") == LEFT
+    assert b.state_of("n2") == LEFT
+
+
+async def test_a_node_with_another_key_never_becomes_a_member(start: Start) -> None:
+    a, b, _ = await mesh(start, key="the mesh key")
+    stranger = await start("stranger", key="another key", seed=9)
+    assert not await stranger.gossip.join([a.address], timeout=1.0)
+    keyless = await start("keyless", key=None, seed=10)
+    assert not await keyless.gossip.join([b.address], timeout=1.0)
+    await asyncio.sleep(1.0)  # let them probe and gossip at the mesh, if they knew how
+    for node in (a, b):
+        assert {m.name for m in node.gossip.members()} == {"n0", "n1", "n2"}
+    assert stranger.gossip.alive_peers() == []
+    assert keyless.gossip.alive_peers() == []
+    assert a.gossip.counters()["gossip_push_pull_refused"] >= 1
+
+
+async def test_the_push_pull_route_refuses_bad_bodies(start: Start) -> None:
+    keyed = await start("keyed", key="k")
+    plain = await start("plain")
+    request = PushPull("x", "127.0.0.1:1", False, False, ())
+    async with aiohttp.ClientSession() as session:
+
+        async def post(node: Node, body: bytes) -> int:
+            url = f"http://{node.address}{PUSH_PULL_ROUTE}"
+            async with session.post(url, data=body) as resp:
+                await resp.read()
+                return resp.status
+
+        assert await post(keyed, encode_packet([request], None, 0)) == 401
+        assert await post(keyed, encode_packet([request], "wrong", 0)) == 401
+        assert await post(plain, b"garbage") == 400
+        assert await post(plain, encode_packet([Ack(1, "x")], None, 0)) == 400
+        assert await post(plain, encode_packet([request], None, 0)) == 200
+    assert keyed.gossip.counters()["gossip_dropped_auth"] == 2
+
+
+async def test_the_route_answers_404_without_gossip() -> None:
+    app = web.Application()
+    app.router.add_post(PUSH_PULL_ROUTE, handle_push_pull)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"http://127.0.0.1:{port}{PUSH_PULL_ROUTE}", data=b"") as resp,
+        ):
+            assert resp.status == 404
+    finally:
+        await runner.cleanup()
+
+
+async def test_async_listeners_run_and_failing_listeners_are_contained(start: Start) -> None:
+    a = await start("n0")
+    seen: list[str] = []
+
+    async def slow(event: MemberEvent) -> None:
+        await asyncio.sleep(0)
+        seen.append(event.name)
+
+    def broken(event: MemberEvent) -> None:
+        raise RuntimeError("a bug in someone else's listener")
+
+    a.gossip.add_listener(broken)
+    a.gossip.add_listener(slow)
+    b = await start("n1", seed=2)
+    assert await b.gossip.join([a.address], timeout=2.0)
+    await eventually(lambda: "n1" in seen)
+
+
+def test_on_uvloop() -> None:
+    # node.py runs on uvloop, whose UDP transport is not an asyncio.DatagramTransport subclass.
+    async def scenario() -> None:
+        nodes = Nodes()
+        try:
+            a, b, c = await mesh(nodes.start)
+            await asyncio.sleep(5 * PARAMS.probe_interval)  # probes and acks over UDP
+            for node in (a, b, c):
+                assert node.gossip.counters()["gossip_datagrams_received"] > 0
+                assert [m.state for m in node.gossip.members()] == [ALIVE] * 3
+            await c.stop()
+            nodes.nodes.remove(c)
+            await eventually(lambda: a.state_of("n2") == DEAD and b.state_of("n2") == DEAD)
+            await b.gossip.leave()
+            await eventually(lambda: a.state_of("n1") == LEFT)
+        finally:
+            await nodes.close()
+
+    uvloop.run(scenario())

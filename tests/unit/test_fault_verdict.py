@@ -1,0 +1,188 @@
+"""The fault suite's verdict (loadtest.faults.verdict.judge) on hand-made histories and states.
+
+The judge decides whether the fault suite passes, so it gets tests of its own: each rule once
+with the state that satisfies it and once with the state that breaks it.
+"""
+
+from __future__ import annotations
+
+from loadtest.faults.load import Write
+from loadtest.faults.verdict import NodeState, Stored, Verdict, judge
+
+NOW = 1_700_000_100.0  # seconds; every timestamp below is a few seconds before this
+
+
+def ts(second: float, logical: int = 0) -> int:
+    """An HLC timestamp `second` seconds after 1_700_000_000."""
+    return (int((1_700_000_000 + second) * 1000) << 16) | logical
+
+
+class History:
+    def __init__(self) -> None:
+        self.writes: list[Write] = []
+
+    def add(
+        self,
+        kind: str,
+        keys: tuple[str, ...],
+        values: tuple[str | None, ...],
+        at: float | None,
+        outcome: str = "ok",
+        ttl: float | None = None,
+        start: float = 0.0,
+    ) -> Write:
+        w = Write(len(self.writes) + 1, kind, keys, values, "lb", start, start + 0.01)
+        w.outcome, w.ts, w.ttl = outcome, (ts(at) if at is not None else None), ttl
+        self.writes.append(w)
+        return w
+
+    def set(self, key: str, value: str, at: float | None, **kw: object) -> Write:
+        return self.add("set", (key,), (value,), at, **kw)  # type: ignore[arg-type]
+
+    def delete(self, key: str, at: float | None, **kw: object) -> Write:
+        return self.add("delete", (key,), (None,), at, **kw)  # type: ignore[arg-type]
+
+
+def state(
+    stored: dict[str, tuple[str | None, float, str]] | None = None,
+    clear: tuple[float, str] | None = None,
+    expires: dict[str, float] | None = None,
+) -> NodeState:
+    """A node holding `stored` (key -> (value or None, second, node)); live = non-tombstones."""
+    entries = {
+        k: Stored(v, ts(at), node, (expires or {}).get(k))
+        for k, (v, at, node) in (stored or {}).items()
+    }
+    live = {
+        k: e.value
+        for k, e in entries.items()
+        if e.value is not None and (e.expires is None or e.expires > NOW)
+    }
+    return NodeState("n1", live, entries, (ts(clear[0]), clear[1]) if clear else (0, ""))
+
+
+def verdict(h: History, s: NodeState) -> Verdict:
+    return judge(h.writes, s, now=NOW)
+
+
+def test_the_newest_acknowledged_write_held_is_fine() -> None:
+    h = History()
+    h.set("a", "v1", 1)
+    h.set("a", "v2", 2)
+    v = verdict(h, state({"a": ("v2", 2, "n1")}))
+    assert v.ok
+    assert (v.acked, v.lost) == (2, 0)
+
+
+def test_an_older_value_over_a_newer_acknowledged_one_is_lost() -> None:
+    h = History()
+    h.set("a", "v1", 1)
+    h.set("a", "v2", 2)
+    v = verdict(h, state({"a": ("v1", 1, "n1")}))
+    assert v.lost == 1
+    assert "v2" in v.details[0]
+
+
+def test_an_acknowledged_value_missing_altogether_is_lost() -> None:
+    h = History()
+    h.set("a", "v1", 1)
+    assert verdict(h, state({})).lost == 1
+
+
+def test_an_unacknowledged_delete_may_explain_an_absence() -> None:
+    h = History()
+    h.set("a", "v1", 1)
+    h.delete("a", None, outcome="timeout", start=0.005)
+    v = verdict(h, state({}))
+    assert (v.lost, v.unverified) == (0, 1)
+
+
+def test_an_unacknowledged_write_newer_than_every_ack_may_win() -> None:
+    h = History()
+    h.set("a", "v1", 1)
+    h.set("a", "late", None, outcome="timeout")
+    assert verdict(h, state({"a": ("late", 3, "n2")})).ok
+
+
+def test_an_unacknowledged_write_older_than_an_ack_may_not_win() -> None:
+    h = History()
+    h.set("a", "v1", 2)
+    h.set("a", "early", None, outcome="failed")
+    assert verdict(h, state({"a": ("early", 1, "n2")})).lost == 1
+
+
+def test_a_value_over_a_newer_delete_is_resurrected() -> None:
+    h = History()
+    h.set("a", "v1", 1)
+    h.delete("a", 2)
+    assert verdict(h, state({"a": (None, 2, "n1")})).ok
+    v = verdict(h, state({"a": ("v1", 1, "n1")}))
+    assert (v.resurrected, v.lost) == (1, 0)
+
+
+def test_an_expired_ttl_write_must_not_let_an_older_value_back() -> None:
+    h = History()
+    h.set("a", "old", 1)
+    h.set("a", "short", 2, ttl=1.0)  # expired long before NOW
+    assert verdict(h, state({"a": (None, 2, "n1")})).ok  # reclaimed into a tombstone
+    assert verdict(h, state({})).ok  # and purged
+    assert verdict(h, state({"a": ("old", 1, "n1")})).resurrected == 1
+
+
+def test_a_value_no_write_produced_is_a_phantom() -> None:
+    h = History()
+    h.set("a", "v1", 1)
+    assert verdict(h, state({"a": ("forged", 5, "n9")})).phantom == 1
+
+
+def test_a_clear_hides_older_keys_and_must_itself_survive() -> None:
+    h = History()
+    h.set("a", "v1", 1)
+    h.add("clear", (), (), 2)
+    h.set("b", "v2", 3)
+    assert verdict(h, state({"b": ("v2", 3, "n1")}, clear=(2, "n1"))).ok
+    lost_clear = verdict(h, state({"a": ("v1", 1, "n1"), "b": ("v2", 3, "n1")}))
+    assert lost_clear.lost >= 1
+    assert lost_clear.resurrected == 1
+
+
+def test_a_batch_is_whole_or_hidden_only_by_newer_writes() -> None:
+    h = History()
+    h.add("batch", ("a", "b"), ("xa", "xb"), 2)
+    h.set("b", "newer", 3)
+    assert verdict(h, state({"a": ("xa", 2, "n1"), "b": ("newer", 3, "n2")})).ok
+    torn = verdict(h, state({"a": ("xa", 2, "n1"), "b": ("older", 1, "n2")}))
+    assert torn.partial == 1
+
+
+def test_an_unacknowledged_transaction_is_still_all_or_nothing() -> None:
+    h = History()
+    h.add("txn", ("a", "b", "m1"), ("ta", "tb", "tm"), None, outcome="timeout")
+    assert verdict(h, state({})).ok  # never applied
+    assert verdict(h, state({"a": ("ta", 2, "n1"), "b": ("tb", 2, "n1"), "m1": ("tm", 2, "n1")})).ok
+    torn = verdict(h, state({"a": ("ta", 2, "n1"), "m1": ("tm", 2, "n1")}))
+    assert torn.partial == 1
+
+
+def test_an_acknowledged_transaction_is_versioned_by_its_marker() -> None:
+    h = History()
+    h.set("a", "before", 1)
+    h.add("txn", ("a", "b", "m1"), ("ta", "tb", "tm"), None)  # COMMIT has no timestamp
+    whole = state({"a": ("ta", 2, "n1"), "b": ("tb", 2, "n1"), "m1": ("tm", 2, "n1")})
+    assert verdict(h, whole).ok
+    # The marker proves the transaction is at second 2: "a" at second 1 lost its write.
+    torn = verdict(
+        h, state({"a": ("before", 1, "n1"), "b": ("tb", 2, "n1"), "m1": ("tm", 2, "n1")})
+    )
+    assert torn.partial == 1
+    assert torn.lost == 1
+    assert verdict(h, state({"a": ("before", 1, "n1")})).lost == 1  # the marker is gone too
+
+
+def test_a_transaction_wiped_by_a_clear_is_counted_apart() -> None:
+    h = History()
+    h.add("txn", ("a", "m1"), ("ta", "tm"), None)
+    h.add("clear", (), (), 5)
+    v = verdict(h, state({}, clear=(5, "n1")))
+    assert v.ok
+    assert v.cleared == 1
