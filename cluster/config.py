@@ -72,6 +72,11 @@ class Config:
             raise ConfigError("--probe-timeout must be positive and below --probe-interval")
         if self.suspicion_mult < 1 or self.gossip_interval <= 0 or self.push_pull_interval <= 0:
             raise ConfigError("gossip intervals must be positive and --suspicion-mult >= 1")
+        if self.line_max_bytes < 1024 or self.line_idle_timeout <= 0 or self.txn_max_writes < 1:
+            raise ConfigError(
+                "--line-max-bytes must be at least 1024, --line-idle-timeout positive and "
+                "--txn-max-writes at least 1"
+            )
         if self.join_timeout <= 0:
             raise ConfigError("--join-timeout must be positive")
         if self.max_clock_offset <= 0:
@@ -142,6 +147,9 @@ class Config:
             gossip_interval=ns.gossip_interval,
             push_pull_interval=ns.push_pull_interval,
             join_timeout=ns.join_timeout,
+            line_max_bytes=ns.line_max_bytes,
+            line_idle_timeout=ns.line_idle_timeout,
+            txn_max_writes=ns.txn_max_writes,
             clock_offset=ns.clock_offset,
             seed=ns.seed,
             log_level=ns.log_level,
@@ -185,6 +193,9 @@ _OPTIONS: list[tuple[str, type, Any, str]] = [
     ("gossip-interval", float, 0.2, "seconds between gossip rounds"),
     ("push-pull-interval", float, 30.0, "seconds between full membership state exchanges"),
     ("join-timeout", float, 5.0, "seconds a join waits for a seed to answer"),
+    ("line-max-bytes", int, 1024 * 1024, "longest line-protocol line in bytes"),
+    ("line-idle-timeout", float, 300.0, "seconds a silent line-protocol client stays connected"),
+    ("txn-max-writes", int, 10_000, "writes one line-protocol transaction may buffer"),
     ("clock-offset", float, 0.0, "seconds added to this node's wall clock (testing skew)"),
     ("seed", int, None, "seed for the node's random number generator"),
     ("log-level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
