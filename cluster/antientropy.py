@@ -161,9 +161,9 @@ async def exchange_reply(store: Store, hlc: HybridClock, body: bytes) -> bytes:
     # Read ours and merge theirs in one step (no await): a repaired transaction appears whole.
     mine = store.entries_in_buckets(buckets)
     merge_clear(store, hlc, clear)
-    merge_entries(store, hlc, theirs)
+    _, refused = merge_entries(store, hlc, theirs)
     ts, node = store.clear_version
-    return orjson.dumps({"clear": [ts, node], "entries": encode_entries(mine)})
+    return orjson.dumps({"clear": [ts, node], "entries": encode_entries(mine), "refused": refused})
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +172,7 @@ class RepairResult:
     sent: int  # entries we sent
     received: int  # entries the peer sent
     applied: int  # of those, how many won here
-    complete: bool  # every differing bucket was exchanged
+    complete: bool  # both sides now hold everything the other sent (nothing refused for skew)
     peer_stable: int | None = None  # the stable timestamp the peer published
 
 
@@ -213,8 +213,10 @@ async def repair_with(
     theirs = decode_entries(reply.get("entries"))
     clear = decode_clear(reply.get("clear"))
     merge_clear(store, hlc, clear)
-    applied, _ = merge_entries(store, hlc, theirs)
-    return RepairResult(len(differing), len(mine), len(theirs), applied, True, peer_stable)
+    applied, refused_here = merge_entries(store, hlc, theirs)
+    refused_there = reply.get("refused", 0)
+    complete = refused_here == 0 and refused_there == 0
+    return RepairResult(len(differing), len(mine), len(theirs), applied, complete, peer_stable)
 
 
 # --- snapshots ----------------------------------------------------------------------------------

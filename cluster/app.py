@@ -59,7 +59,7 @@ class Node:
             self.config.name,
             Limits(config.max_key_length, config.max_value_length, config.max_ttl),
         )
-        self.client = PeerClient(self.config.name, config.cluster_key)
+        self.client = PeerClient(self.config.name, config.cluster_key, self.clock.wall)
         self.replicator = Replicator(
             self.config.name,
             self.store,
@@ -201,6 +201,10 @@ class Node:
             "store_keys": ("stored keys that are not tombstones", stats.keys),
             "store_tombstones": ("tombstones awaiting purge", stats.tombstones),
             "store_expiring": ("entries with a pending TTL", stats.expiring),
+            "store_refused_stale_writes": (
+                "writes older than purged tombstones, refused (duplicates, replays)",
+                stats.refused_stale,
+            ),
             "membership_alive_members": ("members alive, self included", self.alive_members()),
             "hlc_last_wall_ms": ("physical part of the last HLC timestamp", self.hlc.last >> 16),
             "antientropy_repairs": ("anti-entropy rounds that found differences", self.repairs),

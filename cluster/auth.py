@@ -13,19 +13,32 @@ import hashlib
 import hmac
 
 HEADER = "X-KV-Signature"
+TIME_HEADER = "X-KV-Time"  # the sender's wall clock in ms, signed: bounds replays
+REPLAY_WINDOW = 120.0  # seconds a signed request stays acceptable
 
 
-def signature(key: str, method: str, path: str, body: bytes) -> str:
+def signature(key: str, method: str, path: str, body: bytes, sent_ms: int = 0) -> str:
     mac = hmac.new(key.encode(), digestmod=hashlib.sha256)
-    mac.update(method.upper().encode() + b" " + path.encode() + b"\n")
+    mac.update(b"%s %s %d\n" % (method.upper().encode(), path.encode(), sent_ms))
     mac.update(body)
     return mac.hexdigest()
 
 
-def valid(key: str | None, method: str, path: str, body: bytes, sig: str | None) -> bool:
-    """True if no key is configured, or `sig` is the signature of this request."""
+def valid(
+    key: str | None,
+    method: str,
+    path: str,
+    body: bytes,
+    sig: str | None,
+    sent_ms: str | None = None,
+    now: float | None = None,
+) -> bool:
+    """True if no key is configured, or `sig` signs this request and it was sent within the
+    replay window of `now` (epoch seconds; the receiver's wall clock)."""
     if key is None:
         return True
-    if not sig:
+    if not sig or sent_ms is None or not sent_ms.isdigit():
         return False
-    return hmac.compare_digest(signature(key, method, path, body), sig)
+    if now is not None and abs(now - int(sent_ms) / 1000.0) > REPLAY_WINDOW:
+        return False
+    return hmac.compare_digest(signature(key, method, path, body, int(sent_ms)), sig)

@@ -61,6 +61,8 @@ class InternalApi:
             request.path_qs,
             body,
             request.headers.get(auth.HEADER),
+            request.headers.get(auth.TIME_HEADER),
+            self.node.clock.wall(),
         ):
             self.rejected_unauthenticated += 1
             logger.warning(
@@ -70,7 +72,7 @@ class InternalApi:
                 request.path,
                 request.remote,
             )
-            raise Unauthorized("this request is not signed with the cluster key")
+            raise Unauthorized("this request is not signed with the cluster key, or is stale")
         return body
 
     def _malformed(self, exc: Exception) -> BadRequest:
@@ -80,10 +82,10 @@ class InternalApi:
     async def replicate(self, request: web.Request) -> web.Response:
         body = await self._authenticated_body(request)
         try:
-            applied = self.node.replicator.receive(body)
+            applied, refused = self.node.replicator.receive(body)
         except replication.DecodeError as exc:
             raise self._malformed(exc) from None
-        return json_response({"applied": applied})
+        return json_response({"applied": applied, "refused": refused})
 
     async def digests(self, request: web.Request) -> web.Response:
         await self._authenticated_body(request)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import aiohttp
 
@@ -22,9 +23,12 @@ class PeerError(Exception):
 
 
 class PeerClient:
-    def __init__(self, node: str, cluster_key: str | None) -> None:
+    def __init__(
+        self, node: str, cluster_key: str | None, wall: Callable[[], float] | None = None
+    ) -> None:
         self.node = node
         self.cluster_key = cluster_key
+        self._wall = wall
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -45,7 +49,9 @@ class PeerClient:
             raise PeerError("peer client is not started")
         headers = {"Content-Type": "application/json", "X-KV-Node": self.node}
         if self.cluster_key is not None:
-            headers[auth.HEADER] = auth.signature(self.cluster_key, method, path, body)
+            sent_ms = int(self._wall() * 1000) if self._wall is not None else 0
+            headers[auth.TIME_HEADER] = str(sent_ms)
+            headers[auth.HEADER] = auth.signature(self.cluster_key, method, path, body, sent_ms)
         url = f"http://{address}{path}"
         try:
             async with (

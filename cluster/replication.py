@@ -93,19 +93,35 @@ def decode_batches(body: bytes) -> tuple[str, int, list[Batch]]:
         raise DecodeError(f"malformed replication body: {exc}") from None
 
 
-def apply_batches(store: Store, hlc: HybridClock, batches: Iterable[Batch]) -> tuple[int, int]:
-    """Merge remote batches into the store; returns (applied mutations, refused batches).
+def refused_of(reply: bytes) -> set[int]:
+    """The timestamps of the batches a peer's reply says it refused."""
+    try:
+        msg = orjson.loads(reply)
+        refused = msg.get("refused", []) if isinstance(msg, dict) else None
+    except orjson.JSONDecodeError:
+        refused = None
+    if not isinstance(refused, list) or not all(isinstance(t, int) for t in refused):
+        raise DecodeError("a replication reply must be {'applied': n, 'refused': [ts, ...]}")
+    return set(refused)
+
+
+def apply_batches(
+    store: Store, hlc: HybridClock, batches: Iterable[Batch]
+) -> tuple[int, list[int]]:
+    """Merge remote batches into the store; returns (applied mutations, refused batches' ts).
 
     A batch whose timestamp is further ahead than the maximum clock offset is refused and
-    logged: adopting it would drag this node's clock into the future. No await in here, so
-    every batch (a transaction) becomes visible all at once.
+    logged: adopting it would drag this node's clock into the future. The sender is told which,
+    so that it neither counts them as replicated nor as acknowledged for tombstone purging. No
+    await in here, so every batch (a transaction) becomes visible all at once.
     """
-    applied = refused = 0
+    applied = 0
+    refused: list[int] = []
     for b in batches:
         try:
             hlc.observe(b.ts)
         except ClockSkewError as exc:
-            refused += 1
+            refused.append(b.ts)
             logger.warning("refused a batch from node=%s: %s", b.node, exc)
             continue
         if b.clear:
@@ -209,8 +225,11 @@ class PeerLink:
                     break
             body = encode_batches(r.node, r.stable(), (i.batch for i in items))
             try:
-                await r.client.request("POST", self.address, REPLICATE_PATH, body, r.timeout)
-            except PeerError as exc:
+                reply = await r.client.request(
+                    "POST", self.address, REPLICATE_PATH, body, r.timeout
+                )
+                refused = refused_of(reply)
+            except (PeerError, DecodeError) as exc:
                 self.failures += 1
                 r.failed_requests += 1
                 delay = min(r.retry_max, r.retry_base * 2 ** min(self.failures, 10))
@@ -225,9 +244,15 @@ class PeerLink:
                     break
                 done = self.queue.popleft()
                 self.queued_mutations -= max(1, len(done.batch.mutations))
-                self.acked_upto = max(self.acked_upto, done.batch.ts)
+                ok = done.batch.ts not in refused
+                if ok:
+                    self.acked_upto = max(self.acked_upto, done.batch.ts)
+                elif self.lost_since is None or done.batch.ts < self.lost_since:
+                    # The peer refused it (our clock is too far ahead of its own): it does not
+                    # hold it, so our stable point stays below it until a repair succeeds.
+                    self.lost_since = done.batch.ts
                 if done.waiter is not None and not done.waiter.done():
-                    done.waiter.set_result(True)
+                    done.waiter.set_result(ok)
 
 
 class Replicator:
@@ -353,14 +378,17 @@ class Replicator:
 
     # --- inbound ----------------------------------------------------------------------------------
 
-    def receive(self, body: bytes) -> int:
-        """Merge a peer's replication request; returns mutations applied. DecodeError if bad."""
+    def receive(self, body: bytes) -> tuple[int, list[int]]:
+        """Merge a peer's replication request: (mutations applied, refused batches' ts).
+
+        DecodeError if the body is malformed.
+        """
         sender, stable, batches = decode_batches(body)
         applied, refused = apply_batches(self.store, self.hlc, batches)
         self.received_batches += len(batches)
-        self.refused_batches += refused
+        self.refused_batches += len(refused)
         self.note_peer_stable(sender, stable)
-        return applied
+        return applied, refused
 
     def note_peer_stable(self, sender: str, stable: int) -> None:
         """Record the stable timestamp a peer published (it only grows)."""

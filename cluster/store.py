@@ -119,6 +119,7 @@ class StoreStats:
     tombstones: int
     expiring: int  # entries with a TTL still pending reclamation
     clear_ts: int
+    refused_stale: int  # writes older than purged tombstones (duplicates, replays)
 
 
 class Store:
@@ -132,6 +133,10 @@ class Store:
         # (expires, key) in expiry order; stale items (key rewritten) are skipped when popped.
         self._expiry_heap: list[tuple[float, str]] = []
         self._clear: Version = ZERO
+        # Tombstones below this were purged: every member held them, so any write this old is
+        # already everywhere (or superseded); one arriving now is a duplicate or a replay.
+        self._purged_below = 0
+        self.refused_stale = 0  # writes refused for being older than purged tombstones
         self._digests: list[int] = [0] * DIGEST_BUCKETS
 
     # --- reads -------------------------------------------------------------------------------
@@ -170,6 +175,7 @@ class Store:
             tombstones=len(self._tombstones),
             expiring=len(self._expiry_heap),
             clear_ts=self._clear[0],
+            refused_stale=self.refused_stale,
         )
 
     def scan(
@@ -267,6 +273,9 @@ class Store:
         clear = self._clear
         if ts < clear[0] or (ts == clear[0] and node <= clear[1]):
             return False  # at or below the range tombstone: cleared before it arrived
+        if ts < self._purged_below:
+            self.refused_stale += 1
+            return False  # older than purged tombstones: a duplicate or a replay
         key_crc = zlib.crc32(key.encode("utf-8", "surrogatepass"))
         bucket = key_crc & (DIGEST_BUCKETS - 1)
         data = self._buckets[bucket]
@@ -345,6 +354,7 @@ class Store:
         """Forget up to `budget` tombstones older than `watermark` (a timestamp every member has
         passed). After that no member can still send an older write for those keys."""
         purged = 0
+        self._purged_below = max(self._purged_below, watermark)
         for key in list(self._tombstones):
             if purged >= budget:
                 break

@@ -29,8 +29,17 @@ from typing import Any
 
 import pytest
 
-from cluster import auth
-from cluster.messages import MAX_DATAGRAM, Alive, Dead, Leave, PushPull, Suspect, encode_packet
+from cluster import auth, internal_api
+from cluster.messages import (
+    MAX_DATAGRAM,
+    MAX_PUSH_PULL,
+    Alive,
+    Dead,
+    Leave,
+    PushPull,
+    Suspect,
+    encode_packet,
+)
 from loadtest import procs
 
 pytestmark = pytest.mark.e2e
@@ -254,12 +263,28 @@ def test_malformed_replication_bodies_are_refused_counted_and_change_nothing(
     assert_serves_quickly(a)
 
 
+def _declared_length_answer(node: procs.NodeProc, path: str, length: int) -> bytes:
+    """Announce a body of `length` bytes, send none, and read what the node answers."""
+    with socket.create_connection(("127.0.0.1", node.port), timeout=5) as s:
+        s.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {length}\r\n\r\n".encode()
+        )
+        return s.recv(4096)
+
+
 def test_oversized_bodies_are_refused_with_413(plain: Pair) -> None:
     a = plain.a
-    big = b"x" * (8 * 1024 * 1024 + 1)
-    for path in ("/internal/replicate", "/internal/ae/exchange", "/internal/gossip/pushpull"):
-        status, raw = call(a.url + path, "POST", big, timeout=20)
-        assert status == 413, (path, raw[:200])
+    # The peer routes cap what they read before authenticating: a body announced past the cap
+    # is refused at once, before a byte of it is read.
+    cap = getattr(internal_api, "MAX_INTERNAL_BODY", MAX_PUSH_PULL)
+    for path in ("/internal/replicate", "/internal/ae/exchange"):
+        answer = _declared_length_answer(a, path, cap + 1)
+        assert answer.startswith(b"HTTP/1.1 413"), (path, answer[:200])
+        assert b"BODY_TOO_LARGE" in answer
+    # Push/pull bodies are membership state: 8 MiB at most, sent for real.
+    status, raw = call(a.url + "/internal/gossip/pushpull", "POST", b"x" * (MAX_PUSH_PULL + 1))
+    assert status == 413, raw[:200]
     assert_serves_quickly(a)
 
 
@@ -374,7 +399,12 @@ def test_with_a_cluster_key_unauthenticated_requests_neither_write_nor_read(keye
     assert call(keyed.b.url + "/get?k=evil")[0] == 404
     # A correctly signed request is still served (the key works; the refusals were the point).
     path = "/internal/snapshot?limit=10"
-    ok = call(a.url + path, headers={auth.HEADER: auth.signature(KEY, "GET", path, b"")})
+    sent_ms = int(time.time() * 1000)
+    signed = {
+        auth.HEADER: auth.signature(KEY, "GET", path, b"", sent_ms),
+        auth.TIME_HEADER: str(sent_ms),
+    }
+    ok = call(a.url + path, headers=signed)
     assert ok[0] == 200
     assert b"s3cret" in ok[1]
 

@@ -1,0 +1,163 @@
+"""Regressions for what the fault suite (loadtest/faults) found, at the lowest level that shows it.
+
+Two in-process nodes over real loopback HTTP, each on a FakeClock, wired by hand
+(`replicator.peer_up`), as in test_replication.py. The product now passes them
+(they were xfail(strict=True) until it was fixed).
+
+Found by `python -m loadtest.faults` (scenarios skew and skew-beyond):
+
+1. A peer that refuses a replicated batch because its timestamp is further ahead than the maximum
+   clock offset still answers 200, and the sender counts the batch as applied: the client gets
+   `X-Replicas: 2/2` for a write the peer does not hold.
+2. The same false acknowledgement advances the sender's `acked_upto`, so its stable timestamp (the
+   tombstone purge watermark) passes a delete the peer never applied. The tombstone is purged,
+   and anti-entropy then brings back the older value the peer still holds: a deleted key
+   resurrects. With two clocks each 400 ms off true time in opposite directions (800 ms apart,
+   more than the 500 ms allowed), this happened within a 25-second run.
+3. With --cluster-key, a replication body captured on the wire can be replayed: it carries no
+   time or nonce, so it is accepted any time later. Once the tombstone of a deleted key is purged,
+   replaying the old write resurrects it (the issue asks replayed bodies to be dropped and counted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from cluster import auth, replication
+from cluster.app import Node, build_app
+from cluster.clock import FakeClock
+from cluster.config import Config
+from cluster.kv import Batch
+from cluster.store import Mutation
+
+T0 = 1_800_000_000.0
+
+
+@dataclass
+class Member:
+    node: Node
+    client: TestClient
+    clock: FakeClock
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.client.port}"
+
+    @property
+    def name(self) -> str:
+        return self.node.config.name
+
+    def value(self, key: str) -> str | None:
+        entry = self.node.store.get(key, self.clock.wall())
+        return entry.value if entry is not None else None
+
+
+MakeMember = Callable[..., Awaitable[Member]]
+
+
+@pytest.fixture
+async def make_member() -> AsyncIterator[MakeMember]:
+    started: list[Member] = []
+
+    async def make(name: str, wall: float, **overrides: object) -> Member:
+        clock = FakeClock(wall)
+        cfg = Config.for_tests(
+            name=name, antientropy_interval=3600.0, tombstone_interval=3600.0, **overrides
+        )
+        node = Node(cfg, clock=clock)
+        client = TestClient(TestServer(build_app(node)))
+        await client.start_server()
+        member = Member(node, client, clock)
+        started.append(member)
+        return member
+
+    yield make
+    for m in started:
+        await m.client.close()
+
+
+def wire(*members: Member) -> None:
+    for a in members:
+        for b in members:
+            if a is not b:
+                a.node.replicator.peer_up(b.name, b.address)
+
+
+def advance(seconds: float, *members: Member) -> None:
+    for m in members:
+        m.clock.advance(seconds)
+
+
+async def test_a_write_refused_for_clock_skew_is_not_acknowledged_as_replicated(
+    make_member: MakeMember,
+) -> None:
+    a = await make_member("a", T0 + 2.0)  # two seconds ahead; the maximum offset is 0.5 s
+    b = await make_member("b", T0)
+    wire(a, b)
+    resp = await a.client.put("/keys/k", json={"value": "v"})
+    assert resp.status == 200
+    assert b.node.replicator.refused_batches == 1  # b refused it, as the contract says
+    held = b.value("k") == "v"
+    assert resp.headers["X-Replicas"] == ("2/2" if held else "1/2")
+
+
+async def test_a_delete_refused_for_skew_must_not_let_the_key_resurrect(
+    make_member: MakeMember,
+) -> None:
+    a = await make_member("a", T0 + 0.4)  # +400 ms
+    b = await make_member("b", T0 - 0.4)  # -400 ms: 800 ms apart, more than the 500 ms allowed
+    wire(a, b)
+    assert (await b.client.put("/keys/k", json={"value": "old"})).status == 200
+    assert a.value("k") == "old"  # b is behind: a accepts b's writes
+    resp = await a.client.delete("/keys/k")
+    assert resp.status == 200  # acknowledged (as "2/2": see the test above)
+    assert b.value("k") == "old"  # b refused the delete: 800 ms ahead of b's clock
+    # Time passes; b keeps writing (its replication requests publish its stable timestamp).
+    advance(1.0, a, b)
+    assert (await b.client.put("/keys/other", json={"value": "x"})).status == 200
+    a.node.store.purge_tombstones(a.node.purge_watermark())
+    await a.node.repair_once()  # anti-entropy between the two
+    await b.node.repair_once()
+    assert a.value("k") is None, "the deleted key came back on the node that deleted it"
+    assert b.value("k") is None
+
+
+async def test_a_replayed_replication_body_cannot_resurrect_a_purged_delete(
+    make_member: MakeMember,
+) -> None:
+    a = await make_member("a", T0, cluster_key="k3y")
+    # What a peer sent earlier, captured on the wire (signed: the attacker cannot forge it).
+    old_ts = a.node.hlc.now()
+    body = replication.encode_batches(
+        "b", 0, [Batch(old_ts, "b", (Mutation("k", "old", old_ts, "b"),))]
+    )
+    sent_ms = int(a.clock.wall() * 1000)
+    headers = {
+        auth.HEADER: auth.signature("k3y", "POST", replication.REPLICATE_PATH, body, sent_ms),
+        auth.TIME_HEADER: str(sent_ms),
+    }
+    assert (
+        await a.client.post(replication.REPLICATE_PATH, data=body, headers=headers)
+    ).status == 200
+    assert a.value("k") == "old"
+    assert (await a.client.delete("/keys/k")).status == 200
+    advance(1.0, a)
+    assert (await a.client.put("/keys/later", json={"value": "x"})).status == 200
+    assert a.node.store.purge_tombstones(a.node.purge_watermark()) == 1
+    # Inside the replay window the signature is valid, but the write is older than the purged
+    # tombstone: the store refuses it and counts it.
+    replay = await a.client.post(replication.REPLICATE_PATH, data=body, headers=headers)
+    assert replay.status == 200
+    assert a.value("k") is None, "a replayed body brought a deleted key back"
+    assert a.node.store.refused_stale == 1
+    # Past the window the signed time itself is refused, and counted.
+    advance(auth.REPLAY_WINDOW + 1, a)
+    before = a.node.internal.rejected_unauthenticated
+    late = await a.client.post(replication.REPLICATE_PATH, data=body, headers=headers)
+    assert late.status == 401
+    assert a.node.internal.rejected_unauthenticated == before + 1
+    assert a.value("k") is None
