@@ -72,9 +72,9 @@ class Config:
             raise ConfigError("--probe-timeout must be positive and below --probe-interval")
         if self.suspicion_mult < 1 or self.gossip_interval <= 0 or self.push_pull_interval <= 0:
             raise ConfigError("gossip intervals must be positive and --suspicion-mult >= 1")
-        if self.line_max_bytes < 1024 or self.line_idle_timeout <= 0 or self.txn_max_writes < 1:
+        if self.line_max_bytes < 16 or self.line_idle_timeout <= 0 or self.txn_max_writes < 1:
             raise ConfigError(
-                "--line-max-bytes must be at least 1024, --line-idle-timeout positive and "
+                "--line-max-bytes must be at least 16, --line-idle-timeout positive and "
                 "--txn-max-writes at least 1"
             )
         if self.join_timeout <= 0:
