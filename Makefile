@@ -97,3 +97,10 @@ coverage: install
 # Remove the virtualenv and caches.
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage
+
+# The fault-injection suite (as root: network namespaces and nft): every scenario on a mesh in
+# namespaces of its own with the nodes' default timing; prints the table and writes it to
+# loadtest/reports/faults.md. `make test` runs a short version when the machine allows it.
+.PHONY: faults
+faults: install
+	$(BIN)/python -m loadtest.faults

@@ -1,6 +1,6 @@
 """`make verify`: the consistency checker, the testing service the task asks for.
 
-    python -m loadtest.check [--nodes 3] [--duration 20s] [--writers 8] [--kill-restart]
+    python -m loadtest.check [--nodes 3] [--duration 20s] [--writers 8] [--kill-restart | --pause]
     python -m loadtest.check --url http://127.0.0.1:8080     # a mesh that is already running
 
 It drives concurrent writers through the balancer (sets by PUT /keys/{k} and /set?k=&v=, deletes
@@ -8,9 +8,9 @@ by DELETE /keys/{k} and /rm?k=, batch PUT /keys), every value unique so that an 
 names the write that produced it, and records each answer: the status, X-Timestamp (the write's
 HLC timestamp) and X-Upstream (the node nginx used, so writes order by (timestamp, node name)).
 With --kill-restart it kills one node with SIGKILL a third of the way in and restarts it (same
-name and ports) a moment later. Writers also read their own private keys back through the
-balancer. When the writes stop it waits for convergence, reads every node directly (paged GET
-/keys) and checks:
+name and ports) a moment later; with --pause it freezes one instead (SIGSTOP, then SIGCONT).
+Writers also read their own private keys back through the balancer. When the writes stop it
+waits for convergence, reads every node directly (paged GET /keys) and checks:
 
 1. convergence: every node holds identical data;
 2. no acknowledged write was lost: each key's value is the one of the acknowledged write with the
@@ -474,27 +474,38 @@ async def discover(url: str) -> dict[str, str]:
     return {m["name"]: f"http://{m['address']}" for m in found if m["state"] == "alive"}
 
 
-async def kill_and_restart(target: Target, run: Run, at: float, down: float, victim: str) -> None:
-    """SIGKILL one node at `at` (monotonic), start it again `down` seconds later, wait ready."""
+async def inject(target: Target, run: Run, fault: str, at: float, down: float, victim: str) -> None:
+    """At `at` (monotonic), either SIGKILL `victim` and start it again `down` seconds later
+    ("kill"), or freeze it with SIGSTOP for `down` seconds and SIGCONT it ("pause"); then wait
+    until it answers /health with 200 again (joined and synced)."""
     mesh = target.mesh
     assert mesh is not None
     await asyncio.sleep(max(0.0, at - time.monotonic()))
     child = mesh.children[victim]
     assert child.proc is not None
-    os.kill(child.proc.pid, signal.SIGKILL)
-    child.proc.wait()
-    child.reported = True
-    run.event(f"{victim} killed with SIGKILL (PID {child.proc.pid})")
-    await asyncio.sleep(down)
-    mesh.respawn(victim)
-    run.event(f"{victim} restarted (PID {child.proc.pid}), joining")
+    if fault == "kill":
+        os.kill(child.proc.pid, signal.SIGKILL)
+        child.proc.wait()
+        child.reported = True
+        run.event(f"{victim} killed with SIGKILL (PID {child.proc.pid})")
+        await asyncio.sleep(down)
+        mesh.respawn(victim)
+        run.event(f"{victim} restarted (PID {child.proc.pid}), joining")
+    else:
+        os.kill(child.proc.pid, signal.SIGSTOP)
+        run.event(f"{victim} frozen with SIGSTOP (PID {child.proc.pid})")
+        try:
+            await asyncio.sleep(down)
+        finally:
+            os.kill(child.proc.pid, signal.SIGCONT)
+        run.event(f"{victim} resumed with SIGCONT")
     deadline = time.monotonic() + 30
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
         while time.monotonic() < deadline:
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                 async with session.get(target.nodes[victim] + "/health") as resp:
                     if resp.status == 200:
-                        run.event(f"{victim} is ready again (synced)")
+                        run.event(f"{victim} is ready again")
                         return
             await asyncio.sleep(0.1)
     run.event(f"{victim} did not become ready within 30 s")
@@ -503,7 +514,7 @@ async def kill_and_restart(target: Target, run: Run, at: float, down: float, vic
 async def drive(
     target: Target,
     s: Settings,
-    kill: bool,
+    fault: str | None,
     down: float,
     within: float,
     history: Path | None = None,
@@ -527,9 +538,10 @@ async def drive(
         async with asyncio.TaskGroup() as tg:
             for w in writers:
                 tg.create_task(w.loop(until))
-            if kill:
+            if fault is not None:
                 victim = random.Random(s.seed).choice(sorted(target.nodes))
-                tg.create_task(kill_and_restart(target, run, run.t0 + s.duration / 3, down, victim))
+                at = run.t0 + s.duration / 3
+                tg.create_task(inject(target, run, fault, at, down, victim))
         run.event("writes stopped; waiting for convergence")
         data, missing, took = await converge(session, target.nodes, run.run_id, within)
     report = judge(run.ops, data, run.reads, missing)
@@ -607,8 +619,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--duration", type=parse_seconds, default=20.0, help="writing time [20s]")
     p.add_argument("--writers", type=int, default=8, help="concurrent writers [8]")
     p.add_argument("--keys", type=int, default=50, help="shared keys the writers contend on [50]")
-    p.add_argument("--kill-restart", action="store_true", help="SIGKILL a node and restart it")
-    p.add_argument("--down", type=parse_seconds, default=2.0, help="time it stays dead [2s]")
+    fault = p.add_mutually_exclusive_group()
+    fault.add_argument(
+        "--kill-restart",
+        dest="fault",
+        action="store_const",
+        const="kill",
+        help="SIGKILL a node a third of the way in, restart it --down seconds later",
+    )
+    fault.add_argument(
+        "--pause",
+        dest="fault",
+        action="store_const",
+        const="pause",
+        help="freeze a node (SIGSTOP) a third of the way in, for --down seconds",
+    )
+    p.add_argument("--down", type=parse_seconds, default=2.0, help="how long it is down [2s]")
     p.add_argument("--converge-timeout", type=parse_seconds, default=60.0, help="[60s]")
     p.add_argument("--seed", type=int, default=1, help="seeds the writers and the victim [1]")
     p.add_argument("--node-arg", action="append", default=[], help="extra node.py argument")
@@ -617,15 +643,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     settings = Settings(args.duration, args.writers, args.keys, seed=args.seed)
     if args.url:
-        if args.kill_restart:
-            p.error("--kill-restart needs a mesh of our own (it restarts the node): drop --url")
+        if args.fault is not None:
+            p.error("--kill-restart and --pause need a mesh of our own (its PIDs): drop --url")
         try:
             nodes = asyncio.run(discover(args.url.rstrip("/")))
         except (aiohttp.ClientError, TimeoutError, KeyError, ValueError) as exc:
             print(f"check: cannot list the members through {args.url}: {exc!r}", file=sys.stderr)
             return 2
         target = Target(args.url.rstrip("/"), nodes)
-        return asyncio.run(drive(target, settings, False, 0, args.converge_timeout, args.history))
+        return asyncio.run(drive(target, settings, None, 0, args.converge_timeout, args.history))
     if procs.nginx_binary() is None:
         print("check: nginx is not installed (sudo make install-system)", file=sys.stderr)
         return 2
@@ -651,7 +677,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             drive(
                 target,
                 settings,
-                args.kill_restart,
+                args.fault,
                 args.down,
                 args.converge_timeout,
                 args.history,

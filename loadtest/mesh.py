@@ -450,13 +450,13 @@ class Mesh:
         if binary is None:
             raise RuntimeError("nginx is not installed")
         conf = self.run_dir / "nginx.conf"
-        conf.write_text(
-            "# Written by loadtest.mesh for this run; the template is nginx/kvmesh.conf.template.\n"
-            f"daemon off;\npid {self.run_dir / 'nginx.pid'};\nerror_log stderr notice;\n"
-            + self.plan.nginx_conf()
-        )
         temp = self.run_dir / "nginx-temp"
         temp.mkdir(exist_ok=True)
+        conf.write_text(
+            "# Written by loadtest.mesh for this run; the template is nginx/kvmesh.conf.template.\n"
+            f"daemon off;\npid {temp / 'nginx.pid'};\nerror_log stderr notice;\n"
+            + self.plan.nginx_conf()
+        )
         child = Child("nginx", [binary, "-p", str(temp), "-c", str(conf), "-e", "stderr"])
         self.children["nginx"] = child
         self._spawn(child)

@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     except RigError as exc:
         print(f"the fault rig cannot run here: {exc}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, SystemExit) as exc:
+        print(f"interrupted ({exc!r}); the rig's processes and namespaces were removed")
+        return 130
     report = markdown(results, timing)
     report += f"\nTotal {time.monotonic() - started:.0f} s.\n"
     REPORTS.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,7 @@ class Write:
     replicas: str | None = None  # X-Replicas
     ttl: float | None = None
     error: str = ""
+    node: str | None = None  # the node that answered (the balancer's X-Upstream, mapped)
 
     @property
     def acked(self) -> bool:
@@ -125,6 +126,7 @@ class Load:
         self._ids = 0
         self.started = 0.0
         self.stopped = 0.0
+        self._by_address = {t.url.removeprefix("http://"): t.name for t in nodes}
         self._kinds = list(cfg.mix)
         self._weights = [cfg.mix[k] for k in self._kinds]
 
@@ -247,6 +249,7 @@ class Load:
                     status = resp.status
                     ts = resp.headers.get("X-Timestamp")
                     w.replicas = resp.headers.get("X-Replicas")
+                    w.node = self._answered_by(w.via, resp.headers.get("X-Upstream"))
         except TimeoutError:
             w.outcome, w.end, w.error = "timeout", time.monotonic(), "timeout"
             return
@@ -263,6 +266,15 @@ class Load:
             w.outcome, w.error = "refused", f"{status} {raw[:120]!r}"
         else:
             w.outcome, w.error = "failed", f"{status} {raw[:120]!r}"
+
+    def _answered_by(self, via: str, upstream: str | None) -> str | None:
+        """The node behind an answer: the target itself, or the last upstream nginx tried."""
+        if via != "lb":
+            return via
+        if not upstream:
+            return None
+        address = upstream.split(",")[-1].strip()
+        return self._by_address.get(address)
 
     async def _txn(self, w: Write, target: Target) -> None:
         lines = ["START"]

@@ -564,10 +564,12 @@ def _http_ok(url: str) -> bool:
 
 
 def install_signal_handlers() -> None:
-    """SIGTERM and SIGHUP unwind like Ctrl-C, so `with Rig(...)` blocks clean up (main thread)."""
+    """SIGINT, SIGTERM and SIGHUP unwind the main thread, so `with Rig(...)` blocks clean up."""
 
     def raise_exit(signum: int, _frame: object) -> None:
         raise SystemExit(128 + signum)
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, raise_exit)
+    # Also when started with SIGINT ignored (a background job of a non-interactive shell).
+    signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -23,17 +23,21 @@ greatest timestamp that touched it:
                while another of its keys shows a version *older* than it (torn);
 - an unacknowledged write may win: a value whose version is at least `newest` is fine.
 
-Equal timestamps of different writers are accepted either way (the acknowledging node's name is
-not known for writes through the balancer). The membership verdicts live in `Monitor`.
+Writes through the balancer learn their node from nginx's X-Upstream header, so ties on the
+timestamp are broken by node name as the store breaks them; where the node is unknown (the line
+protocol through the balancer) an equal timestamp is accepted. The membership verdicts live in
+`Monitor`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -83,7 +87,9 @@ async def _get(
 ) -> bytes:
     headers = {}
     if key is not None:
-        headers[auth.HEADER] = auth.signature(key, "GET", path, b"")
+        sent_ms = int(time.time() * 1000)
+        headers[auth.HEADER] = auth.signature(key, "GET", path, b"", sent_ms)
+        headers[auth.TIME_HEADER] = str(sent_ms)
     async with asyncio.timeout(within):
         async with session.get(url + path, headers=headers) as resp:
             body = await resp.read()
@@ -296,7 +302,7 @@ def judge(writes: Sequence[Write], state: NodeState, now: float | None = None) -
 
 
 def _newest(ops: list[_Op], clear: _Op | None) -> _Op | None:
-    best = max(ops, key=lambda op: op.ts, default=None)
+    best = max(ops, key=lambda op: (op.ts, op.write.node or ""), default=None)
     if clear is not None and (best is None or clear.ts > best.ts):
         return clear
     return best
@@ -320,7 +326,8 @@ def _judge_key(
     newest = _newest(ops, clear)
     if newest is None or entry is None:
         return  # nothing acknowledged, or absent (judged by _judge_absent)
-    if entry.ts >= newest.ts:
+    node = newest.write.node
+    if entry.ts > newest.ts or (entry.ts == newest.ts and (node is None or entry.node >= node)):
         return  # the newest acknowledged write, or something newer (attempted writes may win)
     expected = newest.live_at(now)
     if live is not None and expected is False:
@@ -441,6 +448,10 @@ class Monitor:
         self.views: dict[str, dict[str, str]] = {}
         self.history: list[Seen] = []
         self.faulted: dict[str, float] = {}
+        # Nodes cut off by a partition, from when to when (None: not healed yet): what they
+        # conclude about the others meanwhile is no false positive.
+        self.cut_off: dict[str, list[float | None]] = {}
+        self.whole: list[tuple[float, bool]] = []  # (when, every node sees every node alive)
         self._stop = asyncio.Event()
 
     def mark_faulted(self, *names: str) -> float:
@@ -448,6 +459,24 @@ class Monitor:
         for name in names:
             self.faulted.setdefault(name, now)
         return now
+
+    def mark_cut_off(self, *names: str) -> None:
+        now = time.monotonic()
+        for name in names:
+            self.cut_off.setdefault(name, [now, None])
+
+    def healed(self, until: float) -> None:
+        """Partitioned nodes are excused until `until` (the heal plus a grace period)."""
+        for window in self.cut_off.values():
+            if window[1] is None:
+                window[1] = until
+
+    def _excused(self, observer: str, t: float) -> bool:
+        window = self.cut_off.get(observer)
+        if window is None:
+            return False
+        start, end = window
+        return start is not None and start <= t and (end is None or t <= end)
 
     def stop(self) -> None:
         self._stop.set()
@@ -468,6 +497,33 @@ class Monitor:
         for subject in set(old) - set(view):
             self.history.append(Seen(now, name, subject, "forgotten"))
         self.views[name] = view
+        whole = self.everyone_alive([n for n, _ in self.nodes])
+        if not self.whole or self.whole[-1][1] != whole:
+            self.whole.append((now, whole))
+
+    def whole_again(self, since: float) -> float | None:
+        """Seconds from `since` until every node saw every node alive again (0: it already did),
+        replayed from `history` (the polls, and the nodes' logged transitions once merged)."""
+        names = [n for n, _ in self.nodes]
+        state = {(o, s): "alive" for o in names for s in names if o != s}
+        bad = 0
+        last_whole: float | None = None
+        for seen in sorted(self.history, key=lambda x: x.t):
+            pair = (seen.observer, seen.subject)
+            if pair not in state:
+                continue
+            before = state[pair] == "alive"
+            state[pair] = seen.state
+            bad += int(before) - int(seen.state == "alive")
+            if bad == 0 and last_whole is None:
+                last_whole = seen.t
+            elif bad:
+                last_whole = None
+            if seen.t > since and bad == 0:
+                return max(0.0, seen.t - since)
+        if bad == 0:
+            return 0.0 if last_whole is None or last_whole <= since else last_whole - since
+        return None
 
     async def poll_once(self) -> None:
         await asyncio.gather(*(self._poll(n, u) for n, u in self.nodes))
@@ -516,23 +572,30 @@ class Monitor:
     def all_see(self, subject: str, states: set[str], observers: Iterable[str]) -> bool:
         return all(self.views.get(o, {}).get(subject) in states for o in observers)
 
-    def false_positives(self) -> list[Seen]:
-        """Dead verdicts about a never-faulted node by a never-faulted observer."""
+    def false_positives(self, logged: Iterable[Seen] = ()) -> list[Seen]:
+        """Dead verdicts about a never-faulted node by an observer that could reach it.
+
+        `logged` adds the transitions the nodes logged (brief ones fall between two polls).
+        An observer cut off by a partition is excused until the heal (plus grace); a killed,
+        paused or restarted node is not, once it runs again.
+        """
         return [
             s
-            for s in self.history
+            for s in (*self.history, *logged)
             if s.state == "dead"
             and s.subject not in self.faulted
-            and s.observer not in self.faulted
+            and s.observer != s.subject
+            and not self._excused(s.observer, s.t)
         ]
 
-    def false_suspicions(self) -> int:
+    def false_suspicions(self, logged: Iterable[Seen] = ()) -> int:
         return sum(
             1
-            for s in self.history
+            for s in (*self.history, *logged)
             if s.state == "suspect"
             and s.subject not in self.faulted
-            and s.observer not in self.faulted
+            and s.observer != s.subject
+            and not self._excused(s.observer, s.t)
         )
 
     def everyone_alive(self, names: Sequence[str]) -> bool:
@@ -547,3 +610,24 @@ class Monitor:
                 return time.monotonic() - start
             await asyncio.sleep(self.interval)
         return None
+
+
+_TRANSITION = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ \[[^\]]*\] cluster\.gossip: "
+    r"node=(\S+) peer=(\S+) (\S+) -> (\S+) "
+)
+
+
+def logged_transitions(log: str, wall_minus_monotonic: float) -> list[Seen]:
+    """Membership changes a node logged (`node=A peer=B old -> new`), on the monotonic clock.
+
+    The log's times are the real wall clock (logging does not see --clock-offset)."""
+    out = []
+    for line in log.splitlines():
+        m = _TRANSITION.match(line)
+        if m is None:
+            continue
+        stamp, observer, subject, _, new = m.groups()
+        wall = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        out.append(Seen(wall - wall_minus_monotonic, observer, subject, new))
+    return out

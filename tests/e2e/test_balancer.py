@@ -4,6 +4,8 @@
   flight at the kill (nginx retries idempotent requests on the next node; in practice none fail).
 - The line protocol is balanced by nginx's stream module: a PUT through the balancer is read back
   through it on other connections (other nodes), and a transaction commits through it.
+- A frozen node (SIGSTOP) delays reads by nginx's read timeout (they are retried elsewhere) and
+  costs a write a 504, never a retry that the node would replay when it resumes.
 - Node-to-node routes are not proxied; every answer names the node that served it.
 - The runner of `make run` (loadtest.mesh): prefixes each node's log lines with its name, prints
   the URLs, stops every process on Ctrl-C or SIGTERM (nginx included) and frees the ports;
@@ -156,6 +158,42 @@ def test_a_node_killed_with_sigkill_costs_no_requests_beyond_those_in_flight(
             assert (status, json.loads(raw)["value"]) == (200, "yes"), spec.name
 
 
+def test_a_frozen_node_delays_reads_and_fails_writes_but_never_replays_them(
+    mesh: meshlib.Mesh,
+) -> None:
+    """SIGSTOP, not SIGKILL: the node accepts connections but does not answer. A read waits for
+    nginx's read timeout and is retried on another node; a write is not (the frozen node would
+    apply it when it resumes, after the retry, undoing later writes): the client gets a 504."""
+    frozen = mesh.children["node2"].proc
+    assert frozen is not None
+    address = f"127.0.0.1:{mesh.plan.nodes[1].port}"
+    os.kill(frozen.pid, signal.SIGSTOP)
+    try:
+        answers = []
+        with closing(http.client.HTTPConnection("127.0.0.1", mesh.plan.http_port, timeout=30)) as c:
+            for i in range(6):  # round robin reaches the frozen node within three
+                status, headers, _ = request(c, "PUT", f"/keys/frozen{i}", {"value": "v"})
+                answers.append((status, headers["X-Upstream"]))
+                if status != 200:
+                    break
+        assert answers[-1] == (504, address), answers
+        assert all(status == 200 for status, _ in answers[:-1]), answers
+        # The timed-out node is skipped for fail_timeout (2 s, counted by nginx in whole seconds,
+        # so up to 3 s), then tried again.
+        time.sleep(3.5)
+        retried_reads = 0
+        with closing(http.client.HTTPConnection("127.0.0.1", mesh.plan.http_port, timeout=30)) as c:
+            for i in range(30):  # round robin comes back to the frozen node (its weight recovers)
+                status, headers, _ = request(c, "GET", f"/keys/frozen{i % 3}")
+                assert status in (200, 404)
+                if headers["X-Upstream"].startswith(f"{address}, "):
+                    retried_reads += 1
+                    break
+        assert retried_reads == 1
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)
+
+
 class LineClient:
     """One line-protocol connection: send lines, read JSON replies."""
 
@@ -190,6 +228,17 @@ def test_the_line_protocol_is_balanced_through_the_stream_proxy(mesh: meshlib.Me
             {"status": "Ok", "result": "2"},
         ]
         assert got[3]["status"] == "Error"
+    # A client that sends its commands and closes its side (`printf ... | nc -q1`) gets the replies.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET greeting\nGET a\n")
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(4096):
+            received += chunk
+    assert [json.loads(line) for line in received.splitlines()] == [
+        {"status": "Ok", "result": "hello through nginx"},
+        {"status": "Ok", "result": "1"},
+    ]
 
 
 def test_the_balancer_hides_internal_routes_and_names_the_node(mesh: meshlib.Mesh) -> None:

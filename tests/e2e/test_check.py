@@ -1,5 +1,6 @@
 """`python -m loadtest.check` for real, briefly: a clean verdict on a healthy mesh it is pointed
-at (--url), and on a mesh of its own in which it kills a node with SIGKILL and restarts it.
+at (--url), and on a mesh of its own in which it kills a node with SIGKILL and restarts it, or
+freezes one (SIGSTOP) for longer than nginx's read timeout.
 
 That the checker can fail at all is shown on synthetic histories in tests/unit/test_check_logic.py.
 """
@@ -64,7 +65,17 @@ def test_a_node_killed_and_restarted_midway_loses_nothing() -> None:
     assert "VERDICT: PASS (0 violations: none)" in result.stdout
 
 
+def test_a_node_frozen_midway_loses_nothing() -> None:
+    # Many keys, so that a write the frozen node applied late would survive to the end and show.
+    result = run_check(
+        "--duration", "13s", "--writers", "6", "--keys", "1000", "--pause", "--down", "7s"
+    )
+    assert result.returncode == 0
+    assert "frozen with SIGSTOP" in result.stdout
+    assert "VERDICT: PASS (0 violations: none)" in result.stdout
+
+
 def test_kill_restart_needs_a_mesh_of_its_own() -> None:
     result = run_check("--url", "http://127.0.0.1:1", "--kill-restart")
     assert result.returncode == 2
-    assert "--kill-restart needs a mesh of our own" in result.stderr
+    assert "--kill-restart and --pause need a mesh of our own" in result.stderr

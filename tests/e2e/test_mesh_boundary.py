@@ -407,6 +407,15 @@ def test_with_a_cluster_key_unauthenticated_requests_neither_write_nor_read(keye
     ok = call(a.url + path, headers=signed)
     assert ok[0] == 200
     assert b"s3cret" in ok[1]
+    # The same request signed correctly but ten minutes ago (a replay): refused and counted.
+    old_ms = sent_ms - 600_000
+    replayed = {
+        auth.HEADER: auth.signature(KEY, "GET", path, b"", old_ms),
+        auth.TIME_HEADER: str(old_ms),
+    }
+    counted = metrics(a)["internal_rejected_unauthenticated"]
+    assert call(a.url + path, headers=replayed)[0] == 401
+    assert metrics(a)["internal_rejected_unauthenticated"] == counted + 1
 
 
 # --- slow and idle clients ------------------------------------------------------------------------
