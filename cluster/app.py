@@ -21,14 +21,14 @@ from cluster import antientropy
 from cluster.admin_api import AdminApi
 from cluster.clock import Clock, SystemClock
 from cluster.compat import CompatApi
-from cluster.config import Config
+from cluster.config import Config, ConfigError, split_hostport
 from cluster.errors import NoSeedReachable
 from cluster.gossip import GOSSIP_KEY, PUSH_PULL_ROUTE, Gossip, handle_push_pull
 from cluster.hlc import HybridClock
 from cluster.http_api import HttpApi
 from cluster.internal_api import InternalApi
 from cluster.kv import KV, Batch, Limits
-from cluster.line_protocol import start_line_server
+from cluster.line_protocol import LineServer, start_line_server
 from cluster.membership import ALIVE, DEAD, LEFT, SUSPECT, Member, MemberEvent
 from cluster.metrics import Metrics
 from cluster.peer_client import PeerClient, PeerError
@@ -89,6 +89,8 @@ class Node:
         # A node told to join serves clients only once it has joined and streamed a snapshot.
         self.ready = not self.config.join
         self._join_task: asyncio.Task[None] | None = None
+        self._line_server: LineServer | None = None
+        self.http_port = self.config.port
 
     # --- membership ----------------------------------------------------------------------------
 
@@ -118,6 +120,7 @@ class Node:
 
     async def start_mesh(self, http_port: int) -> None:
         """Start gossip (UDP on the HTTP port) and, if told to, join in the background."""
+        self.http_port = http_port
         await self.gossip.start(port=http_port)
         if self.config.join:
             self._join_task = asyncio.create_task(self._join_at_start(), name="join")
@@ -134,10 +137,18 @@ class Node:
 
     async def _join_at_start(self) -> None:
         """--join: retry until a seed answers (seeds may start after us), then sync."""
+        seeds = [s for s in self.config.join if not await self._is_self(s)]
+        if not seeds:
+            logger.warning(
+                "node=%s --join names only this node itself: starting as a mesh of one",
+                self.config.name,
+            )
+            await self._serving()
+            return
         delay = 0.2
         while True:
             try:
-                await self.join(list(self.config.join))
+                await self.join(seeds)
                 return
             except NoSeedReachable as exc:
                 logger.warning("node=%s %s; retrying in %.1fs", self.config.name, exc, delay)
@@ -145,10 +156,40 @@ class Node:
             delay = min(5.0, delay * 2)
 
     async def join(self, seeds: list[str]) -> None:
-        """Join the mesh through `seeds`, then stream a snapshot; NoSeedReachable if none answer."""
-        if not await self.gossip.join(seeds, timeout=self.config.join_timeout):
-            raise NoSeedReachable(f"none of the seeds answered: {', '.join(seeds)}")
+        """Join the mesh through `seeds`, then stream a snapshot; NoSeedReachable if none answer.
+
+        An answer from this node itself (a seed that is an alias of our own address) is not a
+        join: the mesh must then hold some other member.
+        """
+        others = [s for s in seeds if not await self._is_self(s)]
+        if not others:
+            raise NoSeedReachable("the only seeds given are this node itself")
+        joined = await self.gossip.join(others, timeout=self.config.join_timeout)
+        if not joined or not any(m.name != self.config.name for m in self.gossip.alive_peers()):
+            raise NoSeedReachable(f"none of the seeds answered: {', '.join(others)}")
         await self.sync()
+
+    async def _is_self(self, seed: str) -> bool:
+        """Does `seed` ("host:port") name this very node (same port, one of our addresses)?"""
+        try:
+            host, port = split_hostport(seed)
+        except ConfigError:
+            return False
+        if port != self.http_port:
+            return False
+        ours = {self.config.host, split_hostport(self.config.advertise)[0]}
+        if host in ours:
+            return True
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port)
+        except OSError:
+            return False
+        ips = {str(info[4][0]) for info in infos}
+        if ips & ours:
+            return True
+        # Bound to loopback or to every address: a loopback alias (localhost) is us too.
+        loopback = any(ip.startswith("127.") or ip == "::1" for ip in ips)
+        return loopback and self.config.host in ("127.0.0.1", "localhost", "0.0.0.0", "::")
 
     async def sync(self) -> None:
         """Stream a snapshot from a live peer (trying each in turn), then serve clients."""
@@ -173,7 +214,15 @@ class Node:
                 self.clock.monotonic() - started,
             )
             break
+        await self._serving()
+
+    async def _serving(self) -> None:
+        """Synced (or a mesh of one): serve clients, over HTTP and the line protocol."""
         self.ready = True
+        if self.config.tcp_port != 0 and self._line_server is None:
+            self._line_server = await start_line_server(
+                self, self.config.host, self.config.tcp_port
+            )
 
     async def leave(self) -> None:
         """Leave the mesh (peers see `left`) and carry on as a mesh of one."""
@@ -288,9 +337,10 @@ class Node:
         return result
 
     async def background(self, app: web.Application) -> AsyncIterator[None]:
-        line_server = None
-        if self.config.tcp_port != 0:
-            line_server = await start_line_server(self, self.config.host, self.config.tcp_port)
+        # The line protocol listens once the node serves: while it joins, nginx's stream proxy
+        # (which cannot see a 503) must send new clients to the other nodes.
+        if self.ready:
+            await self._serving()
         await self.client.start()
         tasks = [
             asyncio.create_task(self.expire_loop(), name="expire"),
@@ -298,8 +348,9 @@ class Node:
             asyncio.create_task(self.antientropy_loop(), name="antientropy"),
         ]
         yield
-        if line_server is not None:
-            await line_server.close()  # its pending writes finish replicating first
+        if self._line_server is not None:
+            await self._line_server.close()  # its pending writes finish replicating first
+            self._line_server = None
         await self.replicator.close()
         await self.client.close()
         for task in tasks:

@@ -341,10 +341,17 @@ class Replicator:
         loop = asyncio.get_running_loop()
         waiters: list[asyncio.Future[bool]] = []
         for link in links:
+            if link.failures:
+                # Its last request failed (refused, reset, timed out): it is probably down and
+                # about to be declared dead. Queue the write as a hint, but do not make every
+                # client wait the full timeout for it meanwhile; X-Replicas shows the shortfall.
+                link.enqueue(batch, None)
+                continue
             fut: asyncio.Future[bool] = loop.create_future()
             waiters.append(fut)
             link.enqueue(batch, fut)
-        await asyncio.wait(waiters, timeout=self.timeout)
+        if waiters:
+            await asyncio.wait(waiters, timeout=self.timeout)
         acked = sum(1 for w in waiters if w.done() and w.result())
         for w in waiters:
             if not w.done():

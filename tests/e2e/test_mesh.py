@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import threading
 import time
 import urllib.error
@@ -229,3 +230,40 @@ def test_admin_token_guards_mutating_cluster_calls(mesh: Mesh) -> None:
     assert status == 401
     ok = call(a.url + "/cluster/leave", "POST", headers={"Authorization": "Bearer t0k"})
     assert ok[0] == 200
+
+
+def test_a_node_whose_seeds_are_only_itself_starts_as_a_mesh_of_one(mesh: Mesh) -> None:
+    port = procs.free_port()
+    for seed in (f"127.0.0.1:{port}", f"localhost:{port}"):
+        node = mesh.start("--join", seed, port=port)  # returns once /health answers 200
+        assert [m["name"] for m in call(node.url + "/cluster/members")[1]["members"]] == [node.name]
+        procs.stop(node.proc)
+
+
+def test_the_line_protocol_listens_only_once_synced(mesh: Mesh) -> None:
+    a = mesh.start()
+    for start in range(0, 60_000, 10_000):
+        call(a.url + "/keys", "PUT", {f"k{i:05d}": "v" for i in range(start, start + 10_000)})
+    b = mesh.start(join=a, wait=False)
+    probes_while_syncing = connected_while_syncing = 0
+    while True:
+        status = call(b.url + "/health")[0] if _listening(b.port) else 0
+        if status == 200:
+            break
+        if status == 503:
+            probes_while_syncing += 1
+            connected_while_syncing += _listening(b.tcp_port)
+        time.sleep(0.005)
+    assert probes_while_syncing > 0  # 60,000 keys take a while to stream
+    assert connected_while_syncing == 0
+    with socket.create_connection(("127.0.0.1", b.tcp_port), timeout=5) as s:
+        s.sendall(b"GET k59999\n")
+        assert json.loads(s.makefile().readline()) == {"status": "Ok", "result": "v"}
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+    except OSError:
+        return False
+    return True

@@ -236,3 +236,18 @@ async def test_anti_entropy_publishes_stable_timestamps_for_purging(make_mesh: M
     await a.node.repair_once()
     assert a.node.purge_watermark() > a.node.store.entry("k").ts
     assert a.node.store.purge_tombstones(a.node.purge_watermark()) == 1
+
+
+async def test_a_failing_peer_does_not_stall_every_sync_write(make_mesh: MakeMesh) -> None:
+    (a,) = await make_mesh(1, replication_timeout=5.0)
+    server = TestServer(build_app(Node(Config.for_tests(name="gone"))))
+    await server.start_server()
+    port = server.port
+    await server.close()  # a crashed peer: connections are refused
+    a.node.replicator.peer_up("gone", f"127.0.0.1:{port}")
+    first = asyncio.create_task(a.node.replicate(a.node.kv.set("k1", "v")))
+    await eventually(lambda: a.node.replicator.links["gone"].failures > 0)
+    # Once its link fails, later writes queue a hint for it without waiting the timeout.
+    assert await asyncio.wait_for(a.node.replicate(a.node.kv.set("k2", "v")), 2.0) == (1, 2)
+    assert a.node.replicator.links["gone"].queued_mutations == 2
+    first.cancel()
