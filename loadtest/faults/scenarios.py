@@ -285,7 +285,7 @@ async def split_brain(ctx: Ctx) -> None:
     names = ctx.rig.names()
     cut = (len(names) + 1) // 2
     majority, minority = names[:cut], names[cut:]
-    ctx.result.title = f"split brain {len(majority)} | {len(minority)}"
+    ctx.result.title = f"split brain {len(majority)} vs {len(minority)}"
     ctx.result.notes.append(f"split {'+'.join(majority)} | {'+'.join(minority)}")
     ctx.detect_subjects = minority
     ctx.detect_observers = majority
@@ -476,7 +476,7 @@ SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
         Scenario("isolate", "isolate one node", 3, isolate_one, ci=True, clear_at=4.0),
-        Scenario("split", "split brain 3 | 2", 5, split_brain, clear_at=5.0),
+        Scenario("split", "split brain 3 vs 2", 5, split_brain, clear_at=5.0),
         Scenario("one-way", "one-way loss n2 <- n1", 3, one_way_loss),
         Scenario("kill-restart", "kill -9 and restart under load", 3, kill_restart, ci=True),
         Scenario("restart-two", "kill -9 two of three, restart both", 3, restart_two),
@@ -674,6 +674,10 @@ def _s(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
 def markdown(results: list[Result], timing: Timing) -> str:
     lines = [
         f"# Fault injection ({timing.name} timing"
@@ -688,13 +692,15 @@ def markdown(results: list[Result], timing: Timing) -> str:
     for r in results:
         if r.skipped:
             lines.append(
-                f"| {r.title} | {r.nodes} | - | - | - | - | - | - | - | - | skipped: {r.skipped} |"
+                f"| {_cell(r.title)} | {r.nodes} | - | - | - | - | - | - | - | - "
+                f"| skipped: {_cell(r.skipped)} |"
             )
             continue
         lines.append(
-            f"| {r.title} | {r.nodes} | {r.acked} / {r.attempted} | {r.lost} | {r.resurrected} "
+            f"| {_cell(r.title)} | {r.nodes} | {r.acked} / {r.attempted} | {r.lost} "
+            f"| {r.resurrected} "
             f"| {r.partial} | {_s(r.converge)} | {_s(r.detect)} / {_s(r.dead)} "
-            f"| {r.false_positives} | {_s(r.recover)} | {r.status} |"
+            f"| {r.false_positives} | {_s(r.recover)} | {_cell(r.status)} |"
         )
     lines.append("")
     for r in results:

@@ -36,6 +36,7 @@ from cluster.messages import (
     Alive,
     Dead,
     Leave,
+    Message,
     PushPull,
     Suspect,
     encode_packet,
@@ -331,7 +332,7 @@ def test_with_a_cluster_key_unauthenticated_gossip_changes_no_membership(keyed: 
     a, b = keyed.a, keyed.b
     inc_b = members(a)["b"][1]
     before = metrics(a)
-    forged = [
+    forged: list[list[Message]] = [
         [Alive("intruder", "127.0.0.1:9", 1)],
         [Dead("b", inc_b, "a")],
         [Leave("b", inc_b + 1, "a")],

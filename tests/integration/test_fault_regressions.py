@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -45,7 +46,7 @@ T0 = 1_800_000_000.0
 @dataclass
 class Member:
     node: Node
-    client: TestClient
+    client: TestClient[Any, Any]
     clock: FakeClock
 
     @property
