@@ -42,6 +42,14 @@ class DecodeError(ValueError):
     """A malformed anti-entropy or snapshot message."""
 
 
+def _loads(raw: bytes) -> Any:
+    """Parse a peer's JSON answer; DecodeError (never anything else) if it is not JSON."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"the peer's answer is not JSON: {exc}") from None
+
+
 # --- wire helpers (pure) --------------------------------------------------------------------------
 
 
@@ -190,7 +198,7 @@ async def repair_with(
     `me` and `stable` publish our stable timestamp to the peer (see replication.py).
     """
     path = f"{DIGESTS_PATH}?from={quote(me, safe='')}&stable={stable}"
-    raw = orjson.loads(await client.request("GET", address, path, within=within))
+    raw = _loads(await client.request("GET", address, path, within=within))
     if not isinstance(raw, dict):
         raise DecodeError("digests reply must be an object")
     peer_stable = raw.get("stable")
@@ -207,7 +215,7 @@ async def repair_with(
     body = orjson.dumps(
         {"buckets": differing, "clear": [ts, node], "entries": encode_entries(mine)}
     )
-    reply = orjson.loads(await client.request("POST", address, EXCHANGE_PATH, body, within))
+    reply = _loads(await client.request("POST", address, EXCHANGE_PATH, body, within))
     if not isinstance(reply, dict):
         raise DecodeError("exchange reply must be an object")
     theirs = decode_entries(reply.get("entries"))
@@ -251,7 +259,7 @@ async def pull_snapshot(
 
     async def fetch(cursor: str | None) -> dict[str, Any]:
         path = f"{SNAPSHOT_PATH}?limit={page}" + (f"&after={cursor}" if cursor else "")
-        reply = orjson.loads(await client.request("GET", address, path, within=within))
+        reply = _loads(await client.request("GET", address, path, within=within))
         if not isinstance(reply, dict):
             raise DecodeError("snapshot page must be an object")
         cursor = reply.get("next")

@@ -192,29 +192,59 @@ class Node:
         return loopback and self.config.host in ("127.0.0.1", "localhost", "0.0.0.0", "::")
 
     async def sync(self) -> None:
-        """Stream a snapshot from a live peer (trying each in turn), then serve clients."""
-        peers = [m for m in self.gossip.alive_peers() if m.name != self.config.name]
-        self.rng.shuffle(peers)
-        for peer in peers:
-            started = self.clock.monotonic()
-            try:
-                got = await antientropy.pull_snapshot(
-                    self.store, self.hlc, self.client, peer.address
+        """Stream a snapshot from a live peer that serves, then serve clients.
+
+        Retries until one snapshot completes: a node that streamed nothing must not serve its
+        empty memory. A peer answering 503 is joining too and has no complete data to give. If
+        every peer has been joining for `join_timeout` seconds, no member holds data (a mesh
+        starting all at once, or restarting whole): serve.
+        """
+        if len(self.store) == 0 and not self.store.stats().tombstones:
+            self.ready = False  # empty (a fresh or restarted node): nothing to serve yet
+        delay = 0.1
+        all_joining_since: float | None = None
+        while True:
+            peers = [m for m in self.gossip.alive_peers() if m.name != self.config.name]
+            self.rng.shuffle(peers)
+            joining = 0
+            for peer in peers:
+                started = self.clock.monotonic()
+                try:
+                    got = await antientropy.pull_snapshot(
+                        self.store, self.hlc, self.client, peer.address
+                    )
+                except PeerError as exc:
+                    joining += exc.status == 503
+                    logger.info("node=%s peer=%s no snapshot: %s", self.config.name, peer.name, exc)
+                    continue
+                except antientropy.DecodeError as exc:
+                    logger.warning(
+                        "node=%s peer=%s bad snapshot: %s", self.config.name, peer.name, exc
+                    )
+                    continue
+                logger.info(
+                    "node=%s peer=%s synced %d entries in %.2fs",
+                    self.config.name,
+                    peer.name,
+                    got,
+                    self.clock.monotonic() - started,
                 )
-            except (PeerError, antientropy.DecodeError) as exc:
-                logger.warning(
-                    "node=%s peer=%s snapshot failed: %s", self.config.name, peer.name, exc
-                )
-                continue
-            logger.info(
-                "node=%s peer=%s synced %d entries in %.2fs",
-                self.config.name,
-                peer.name,
-                got,
-                self.clock.monotonic() - started,
-            )
-            break
-        await self._serving()
+                await self._serving()
+                return
+            now = self.clock.monotonic()
+            if joining == len(peers):
+                all_joining_since = now if all_joining_since is None else all_joining_since
+                if now - all_joining_since >= self.config.join_timeout:
+                    logger.info(
+                        "node=%s every member is joining: no one holds data yet; serving",
+                        self.config.name,
+                    )
+                    await self._serving()
+                    return
+            else:
+                all_joining_since = None
+            await asyncio.sleep(delay)
+            delay = min(1.0, delay * 2)
 
     async def _serving(self) -> None:
         """Synced (or a mesh of one): serve clients, over HTTP and the line protocol."""
@@ -277,7 +307,11 @@ class Node:
         """Reclaim expired entries in small bounded rounds (never stalls requests)."""
         while True:
             await asyncio.sleep(self.config.expire_interval)
-            self.reclaim_expired()
+            try:
+                self.reclaim_expired()
+            except Exception:  # a bug must not stop TTL reclamation for good
+                logger.exception("node=%s TTL reclamation failed", self.config.name)
+                self.metrics.internal_errors.inc()
 
     def reclaim_expired(self) -> int:
         """One bounded round of TTL reclamation; the loop's next round continues a backlog."""
@@ -287,7 +321,11 @@ class Node:
         """Purge tombstones every member has seen. A mesh of one has seen its own writes."""
         while True:
             await asyncio.sleep(self.config.tombstone_interval)
-            self.store.purge_tombstones(self.purge_watermark())
+            try:
+                self.store.purge_tombstones(self.purge_watermark())
+            except Exception:  # a bug must not stop purging for good
+                logger.exception("node=%s tombstone purge failed", self.config.name)
+                self.metrics.internal_errors.inc()
 
     def purge_watermark(self) -> int:
         return self.replicator.purge_watermark(self.member_names())
@@ -296,7 +334,11 @@ class Node:
         """Every interval, compare digests with one random live peer and repair differences."""
         while True:
             await asyncio.sleep(self.config.antientropy_interval)
-            await self.repair_once()
+            try:
+                await self.repair_once()
+            except Exception:  # a bug must not stop anti-entropy for good
+                logger.exception("node=%s anti-entropy round failed", self.config.name)
+                self.metrics.internal_errors.inc()
 
     async def repair_once(self) -> antientropy.RepairResult | None:
         links = list(self.replicator.links.values())

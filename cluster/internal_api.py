@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from cluster import antientropy, auth, replication
-from cluster.errors import BadRequest, BodyTooLarge, Unauthorized
+from cluster.errors import BadRequest, BodyTooLarge, Unauthorized, Unavailable
 from cluster.http_api import json_response
 
 if TYPE_CHECKING:
@@ -108,6 +108,9 @@ class InternalApi:
 
     async def snapshot(self, request: web.Request) -> web.Response:
         await self._authenticated_body(request)
+        if not self.node.ready:
+            # A joiner must not copy a snapshot that is itself incomplete: it asks another peer.
+            raise Unavailable("this node is joining the mesh and has no complete data yet")
         q = request.rel_url.query
         try:
             limit = int(q.get("limit", "5000"))

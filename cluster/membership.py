@@ -733,6 +733,11 @@ class Membership:
             return  # ignore old incarnation numbers
         if record.state in _DOWN:
             return  # already dead or left
+        if record.state == ALIVE and msg.sender != msg.node:
+            # We still hear from it: someone else's verdict (perhaps from the far side of a
+            # partition that just healed) only makes it a suspect here, so it can refute.
+            self._on_suspect(Suspect(msg.node, msg.incarnation, msg.sender), now)
+            return
         self._set_down(record, DEAD, msg.incarnation, now)
         self._broadcast(msg.node, msg)
 

@@ -19,7 +19,11 @@ logger = logging.getLogger(__name__)
 
 
 class PeerError(Exception):
-    """A request to a peer failed (network, timeout or a non-200 answer)."""
+    """A request to a peer failed (network, timeout or a non-200 answer: `status`)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class PeerClient:
@@ -60,7 +64,9 @@ class PeerClient:
             ):
                 data = await resp.read()
                 if resp.status != 200:
-                    raise PeerError(f"{method} {url} answered {resp.status}: {data[:200]!r}")
+                    raise PeerError(
+                        f"{method} {url} answered {resp.status}: {data[:200]!r}", resp.status
+                    )
                 return data
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise PeerError(f"{method} {url} failed: {exc!r}") from exc

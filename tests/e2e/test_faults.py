@@ -25,12 +25,8 @@ CI = [name for name, scenario in SCENARIOS.items() if scenario.ci]
 
 # Failures caused by a known, not yet fixed product bug, each with a strict xfail regression
 # test at a lower level: (scenario, what the failure message ends with). Remove an entry when its
-# regression test flips.
-KNOWN_BUGS = {
-    # tests/unit/test_fault_simulation.py: when a partition heals, the cut-off node's Dead verdict
-    # about a healthy node is applied at once by the healthy ones (seen in about 1 run in 4).
-    ("isolate", "false positives"),
-}
+# regression test flips. None are open.
+KNOWN_BUGS: set[tuple[str, str]] = set()
 
 
 def unexplained(name: str, failures: list[str]) -> list[str]:

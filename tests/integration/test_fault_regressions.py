@@ -169,12 +169,6 @@ async def test_a_replayed_replication_body_cannot_resurrect_a_purged_delete(
     assert a.value("k") is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an anti-entropy round whose peer answers 200 with a body that is not JSON "
-    "raises orjson.JSONDecodeError out of repair_once (only PeerError and DecodeError are "
-    "caught), and antientropy_loop has no catch-all: anti-entropy stops for good, silently",
-)
 async def test_a_peer_answering_garbage_fails_one_anti_entropy_round_not_all(
     make_member: MakeMember,
 ) -> None:
@@ -199,12 +193,6 @@ async def _html(request: web.Request) -> web.Response:
     return web.Response(text="<html>It works!</html>", content_type="text/html")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: pull_snapshot lets orjson.JSONDecodeError escape (documented: PeerError or "
-    "DecodeError); Node.sync catches only those two, so a joining node's join task dies and "
-    "the node never becomes ready",
-)
 async def test_a_snapshot_from_a_peer_answering_garbage_is_a_peer_failure(
     make_member: MakeMember,
 ) -> None:
@@ -228,12 +216,6 @@ def knows(member: Member, name: str, address: str) -> None:
     member.node.gossip.membership.handle(address, msg, member.clock.monotonic())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a joining node may stream its snapshot from a peer that is itself still "
-    "syncing (/internal/snapshot is served while not ready, and sync picks any alive peer), "
-    "then serves clients with part of the data",
-)
 async def test_a_joiner_does_not_become_ready_from_a_peer_that_is_still_syncing(
     make_member: MakeMember,
 ) -> None:
@@ -252,11 +234,6 @@ async def test_a_joiner_does_not_become_ready_from_a_peer_that_is_still_syncing(
     assert not j.node.ready or j.value("k2") == "2", "j serves with a third of the data"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Node.sync marks the node ready even when every snapshot attempt failed, so "
-    "a restarted node serves clients with empty memory",
-)
 async def test_a_joiner_whose_snapshots_all_fail_does_not_serve(make_member: MakeMember) -> None:
     broken = web.Application()
     broken.router.add_route("*", "/{tail:.*}", _unavailable)

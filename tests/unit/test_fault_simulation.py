@@ -20,11 +20,6 @@ from cluster.membership import DEAD
 from tests.unit.sim import Simulation
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a Dead verdict gossiped by a node that was cut off is applied at once by healthy "
-    "observers that hold the member alive (found by loadtest.faults isolate)",
-)
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_a_healed_minority_cannot_get_a_healthy_node_declared_dead(seed: int) -> None:
     sim = Simulation(nodes=3, seed=seed)

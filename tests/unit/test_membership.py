@@ -170,9 +170,15 @@ def test_a_ping_for_someone_else_is_ignored_and_ours_is_acked() -> None:
     assert ack.messages[-1] == Ack(2, "me")
 
 
+def bury(m: Membership, name: str, incarnation: int, now: float) -> None:
+    """Make `name` dead in m's view: suspected first, then declared dead."""
+    m.handle("x", Suspect(name, incarnation, "y"), now)
+    m.handle("x", Dead(name, incarnation, "y"), now)
+
+
 def test_an_ack_to_a_member_we_think_down_tells_it_so() -> None:
     m = core(peers=1)
-    m.handle("x", Dead("p0", 1, "p9"), 1.0)
+    bury(m, "p0", 1, 1.0)
     [ack] = m.handle("x", Ping(3, "me", "p0", addr("p0")), 2.0)
     assert ack.messages[-2:] == (Dead("p0", 1, "me"), Ack(3, "me"))
 
@@ -267,6 +273,10 @@ def test_an_alive_claim_for_our_name_elsewhere_is_outbid() -> None:
         ((ALIVE, 5), Suspect("p0", 5, "x"), (SUSPECT, 5)),
         ((SUSPECT, 5), Alive("p0", addr("p0"), 5), (SUSPECT, 5)),
         ((SUSPECT, 5), Dead("p0", 5, "x"), (DEAD, 5)),
+        # Someone else's death verdict about a member we hold alive only makes it a suspect
+        # here (it may be news from the far side of a healed partition): it can still refute.
+        ((ALIVE, 5), Dead("p0", 5, "x"), (SUSPECT, 5)),
+        ((ALIVE, 5), Dead("p0", 6, "x"), (SUSPECT, 6)),
         ((ALIVE, 5), Leave("p0", 5, "p0"), (LEFT, 5)),
         ((DEAD, 5), Suspect("p0", 6, "x"), (DEAD, 5)),
         ((LEFT, 5), Dead("p0", 5, "x"), (LEFT, 5)),
@@ -284,7 +294,7 @@ def test_update_ordering(known: tuple[str, int], msg: Message, after: tuple[str,
     if known[0] == SUSPECT:
         m.handle("x", Suspect("p0", known[1], "y"), 0.0)
     elif known[0] == DEAD:
-        m.handle("x", Dead("p0", known[1], "y"), 0.0)
+        bury(m, "p0", known[1], 0.0)
     elif known[0] == LEFT:
         m.handle("x", Leave("p0", known[1], "p0"), 0.0)
     assert state(m, "p0") == known
@@ -303,7 +313,7 @@ def test_a_second_process_under_a_live_name_is_refused_until_the_first_fails() -
     m = core(peers=1)
     m.handle("x", Alive("p0", "elsewhere:1", 50), 1.0)
     assert m.member("p0").address == addr("p0")  # type: ignore[union-attr]
-    m.handle("x", Dead("p0", 1, "x"), 2.0)
+    bury(m, "p0", 1, 2.0)
     m.handle("x", Alive("p0", "elsewhere:1", 50), 3.0)
     assert m.member("p0").address == "elsewhere:1"  # type: ignore[union-attr]
     assert state(m, "p0") == (ALIVE, 50)
@@ -439,7 +449,7 @@ def test_a_running_member_obeys_its_removal() -> None:
 
 def test_dead_and_left_members_are_reaped_after_the_retention() -> None:
     m = core(peers=3, reap_after=60.0)
-    m.handle("x", Dead("p0", 1, "x"), 1.0)
+    bury(m, "p0", 1, 1.0)
     run(m, 1.0, 30.0, step=0.5)
     assert state(m, "p0") == (DEAD, 1)
     m.take_events()
