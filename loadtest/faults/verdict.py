@@ -277,8 +277,8 @@ def judge(writes: Sequence[Write], state: NodeState, now: float | None = None) -
             continue
         for key, value in zip(w.keys, w.values, strict=True):
             per_key.setdefault(key, []).append(_Op(w, value, ts))
-    newest_clear = max(clears, key=lambda op: op.ts, default=None)
-    if newest_clear is not None and state.clear[0] < newest_clear.ts:
+    newest_clear = max(clears, key=_version, default=None)
+    if newest_clear is not None and state.clear < _version(newest_clear):
         v.lost += 1
         v.note(f"clear at ts={newest_clear.ts} lost: the node's clear version is {state.clear}")
     attempted_clears = [w for w in writes if w.kind == "clear" and not w.acked and w.maybe_applied]
@@ -301,9 +301,15 @@ def judge(writes: Sequence[Write], state: NodeState, now: float | None = None) -
     return v
 
 
+def _version(op: _Op) -> tuple[int, str]:
+    """The order of writes under last-writer-wins: (timestamp, writer node)."""
+    return (op.ts, op.write.node or "")
+
+
 def _newest(ops: list[_Op], clear: _Op | None) -> _Op | None:
-    best = max(ops, key=lambda op: (op.ts, op.write.node or ""), default=None)
-    if clear is not None and (best is None or clear.ts > best.ts):
+    best = max(ops, key=_version, default=None)
+    # Equal timestamps happen (two nodes' HLCs in the same millisecond): the node name decides.
+    if clear is not None and (best is None or _version(clear) > _version(best)):
         return clear
     return best
 

@@ -186,3 +186,16 @@ def test_a_transaction_wiped_by_a_clear_is_counted_apart() -> None:
     v = verdict(h, state({}, clear=(5, "n1")))
     assert v.ok
     assert v.cleared == 1
+
+
+def test_a_clear_at_the_same_timestamp_wins_or_loses_by_node_name() -> None:
+    # Two nodes' HLCs can issue the same timestamp: (ts, node) orders them, as the store does.
+    h = History()
+    put = h.set("a", "v1", 5)
+    put.node = "n1"
+    clear = h.add("clear", (), (), 5)
+    clear.node = "n3"
+    assert verdict(h, state({}, clear=(5, "n3"))).ok  # (5, n3) > (5, n1): the clear wins
+    put.node, clear.node = "n3", "n1"
+    assert verdict(h, state({"a": ("v1", 5, "n3")}, clear=(5, "n1"))).ok
+    assert verdict(h, state({}, clear=(5, "n1"))).lost == 1
