@@ -266,6 +266,10 @@ class Node:
         await self.replicator.peer_down(name, forget=True)
         return True
 
+    def has_peers(self) -> bool:
+        """Must a write be handed to replication at all? Not in a mesh of one."""
+        return bool(self.replicator.links)
+
     async def replicate(self, batch: Batch) -> tuple[int, int]:
         """Send a local write to the peers; returns (nodes that applied it, nodes expected)."""
         return await self.replicator.replicate(batch)
@@ -321,6 +325,9 @@ class Node:
         """Purge tombstones every member has seen. A mesh of one has seen its own writes."""
         while True:
             await asyncio.sleep(self.config.tombstone_interval)
+            if not self.ready:
+                continue  # still streaming a snapshot: what is older than others' stable
+                # points may not be here yet, so this node must not refuse it as stale
             try:
                 self.store.purge_tombstones(self.purge_watermark())
             except Exception:  # a bug must not stop purging for good
@@ -334,6 +341,8 @@ class Node:
         """Every interval, compare digests with one random live peer and repair differences."""
         while True:
             await asyncio.sleep(self.config.antientropy_interval)
+            if not self.ready:
+                continue  # the snapshot being streamed brings everything; repair comes after
             try:
                 await self.repair_once()
             except Exception:  # a bug must not stop anti-entropy for good

@@ -75,6 +75,13 @@ class InternalApi:
             raise Unauthorized("this request is not signed with the cluster key, or is stale")
         return body
 
+    def _refuse_while_joining(self) -> None:
+        """A joining node streams its snapshot first: it gives no snapshot of its own (a joiner
+        would copy incomplete data) and takes part in no repair (the whole data set would be
+        exchanged in one request, racing the snapshot)."""
+        if not self.node.ready:
+            raise Unavailable("this node is joining the mesh and has no complete data yet")
+
     def _malformed(self, exc: Exception) -> BadRequest:
         self.rejected_malformed += 1
         return BadRequest(str(exc), "INVALID_BODY")
@@ -89,6 +96,7 @@ class InternalApi:
 
     async def digests(self, request: web.Request) -> web.Response:
         await self._authenticated_body(request)
+        self._refuse_while_joining()
         q = request.rel_url.query
         sender, stable = q.get("from", ""), q.get("stable", "")
         if sender and stable.isdigit():
@@ -100,6 +108,7 @@ class InternalApi:
 
     async def exchange(self, request: web.Request) -> web.Response:
         body = await self._authenticated_body(request)
+        self._refuse_while_joining()
         try:
             reply = await antientropy.exchange_reply(self.node.store, self.node.hlc, body)
         except antientropy.DecodeError as exc:
@@ -108,9 +117,7 @@ class InternalApi:
 
     async def snapshot(self, request: web.Request) -> web.Response:
         await self._authenticated_body(request)
-        if not self.node.ready:
-            # A joiner must not copy a snapshot that is itself incomplete: it asks another peer.
-            raise Unavailable("this node is joining the mesh and has no complete data yet")
+        self._refuse_while_joining()
         q = request.rel_url.query
         try:
             limit = int(q.get("limit", "5000"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from cluster.errors import BadRequest
 from cluster.hlc import HybridClock
@@ -20,9 +20,11 @@ if TYPE_CHECKING:  # the protocol only: the clock itself is injected (cluster.cl
     from cluster.clock import Clock
 
 
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """What one client operation wrote: mutations sharing one timestamp, or a clear."""
+class Batch(NamedTuple):
+    """What one client operation wrote: mutations sharing one timestamp, or a clear.
+
+    A NamedTuple for the same reason as `Mutation`: one per write, on the hot path.
+    """
 
     ts: int
     node: str

@@ -336,8 +336,6 @@ class LineConnection(asyncio.Protocol):
         self.node = node
         # Async write mode acknowledges once applied here: replication need not be awaited.
         self.eager = node.config.write_mode == "async"
-        # With no peers (a mesh of one) there is nothing to wait for in sync mode either.
-        self.replicator = node.replicator
         self.name = node.config.name
         self.session = Session(node.kv, node.config.txn_max_writes)
         self.max_line = node.config.line_max_bytes
@@ -477,7 +475,11 @@ class LineConnection(asyncio.Protocol):
             reply = session.execute(parsed)
             batch = reply.batch
             if batch is not None:
-                if not (self.eager or not self.replicator.links):
+                if not self.node.has_peers():
+                    out.append(OK)  # a mesh of one: applied here is everywhere
+                    self.n_ok += 1
+                    continue
+                if not self.eager:
                     self.task = self.loop.create_task(self._drain(batch))
                     continue
                 rest = self._replicate_now(batch)
@@ -514,9 +516,9 @@ class LineConnection(asyncio.Protocol):
         self._close()
 
     def _replicate_now(self, batch: Batch) -> _Resume | None:
-        """Async write mode, or no peers: run `replicate` up to its first suspension, here and now.
+        """Async write mode: run `replicate` up to its first suspension, here and now.
 
-        In async mode (or with no peers) replication only queues the batch, so the coroutine
+        In async mode replication only queues the batch for the peers, so the coroutine
         finishes in this first step and the Ok joins the replies of this chunk: no task, no
         extra loop turn. Should it suspend after all, the rest is returned to be awaited in
         order by the drain task. (Not done in sync mode: code that waits for peers may rely on

@@ -301,10 +301,11 @@ class Replicator:
         if link is not None:
             asyncio.get_running_loop().create_task(link.stop())
         link = PeerLink(self, name, address)
-        # A peer coming back after being down missed writes: purging waits for a repair.
-        if name in self.frozen_stable:
-            link.acked_upto = self.frozen_stable.pop(name)
-            link.lost_since = link.acked_upto + 1
+        # A new peer (a joiner streaming its snapshot) or one coming back after being down does
+        # not hold our earlier writes on the strength of this link: until an anti-entropy round
+        # with it completes, our stable point (and so tombstone purging) stays where it was.
+        link.acked_upto = self.frozen_stable.pop(name, 0)
+        link.lost_since = link.acked_upto + 1
         self.links[name] = link
         link.start()
         logger.info("node=%s peer=%s replicating to %s", self.node, name, address)

@@ -35,6 +35,7 @@ import sys
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sortedcontainers import SortedList
 
@@ -102,9 +103,12 @@ class Entry:
         return f"Entry({self.value!r}, ts={self.ts}, node={self.node!r}, expires={self.expires})"
 
 
-@dataclass(frozen=True, slots=True)
-class Mutation:
-    """One key's write as it travels (replication, snapshots, transactions). value None = delete."""
+class Mutation(NamedTuple):
+    """One key's write as it travels (replication, snapshots, transactions). value None = delete.
+
+    A NamedTuple rather than a frozen dataclass: one is built for every write on the hot path,
+    and a tuple is built several times faster; it is just as immutable.
+    """
 
     key: str
     value: str | None

@@ -251,3 +251,19 @@ async def test_a_failing_peer_does_not_stall_every_sync_write(make_mesh: MakeMes
     assert await asyncio.wait_for(a.node.replicate(a.node.kv.set("k2", "v")), 2.0) == (1, 2)
     assert a.node.replicator.links["gone"].queued_mutations == 2
     first.cancel()
+
+
+async def test_a_new_peer_holds_nothing_of_ours_until_a_repair_confirms_it(
+    make_mesh: MakeMesh,
+) -> None:
+    # Regression (found by the 1M-key join benchmark): a joiner's new link counted as holding all
+    # our earlier writes, so stable points (and the purge floor) jumped past what the joiner had
+    # not streamed yet, and it refused the rest of its snapshot as stale.
+    a, b = await make_mesh(2, wire=False)
+    await a.client.put("/keys/k", json={"value": "v"})
+    a.node.replicator.peer_up(b.name, b.address)
+    assert a.node.replicator.stable() == 0
+    result = await a.node.repair_once()
+    assert result is not None
+    assert result.complete
+    assert a.node.replicator.stable() >= a.node.store.entry("k").ts
