@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from loadtest import procs
 from loadtest.faults import faults
 from loadtest.faults.load import Load, LoadConfig, Target, Write
 from loadtest.faults.rig import Rig, RigError
@@ -47,20 +48,7 @@ from loadtest.faults.verdict import (
 
 GOAL_CONVERGE = 10.0  # seconds after heal: the goal
 
-FAST = (
-    "--probe-interval",
-    "0.2",
-    "--probe-timeout",
-    "0.1",
-    "--gossip-interval",
-    "0.05",
-    "--push-pull-interval",
-    "1",
-    "--antientropy-interval",
-    "0.5",
-    "--replication-timeout",
-    "1",
-)
+FAST = procs.FAST_MESH_ARGS
 
 
 @dataclass(frozen=True)

@@ -23,22 +23,7 @@ from loadtest import procs
 
 pytestmark = pytest.mark.e2e
 
-FAST = [
-    "--probe-interval",
-    "0.2",
-    "--probe-timeout",
-    "0.1",
-    "--gossip-interval",
-    "0.05",
-    "--push-pull-interval",
-    "1",
-    "--antientropy-interval",
-    "0.5",
-    "--replication-timeout",
-    "1",
-    "--log-level",
-    "INFO",
-]
+FAST = [*procs.FAST_MESH_ARGS, "--log-level", "INFO"]
 
 
 def call(
