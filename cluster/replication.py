@@ -134,10 +134,35 @@ def apply_batches(
 # --- outbound ------------------------------------------------------------------------------------
 
 
+class AckGroup:
+    """The acknowledgements one sync write waits for: one future and two counters per write,
+    whatever the number of peers (cheaper on the hot path than a future per peer and
+    asyncio.wait). Each peer's link answers exactly once: `ack(True)` applied, `ack(False)`
+    refused or dropped."""
+
+    __slots__ = ("acked", "future", "pending")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, pending: int) -> None:
+        self.acked = 0
+        self.pending = pending
+        self.future: asyncio.Future[None] = loop.create_future()
+
+    def ack(self, ok: bool) -> None:
+        self.pending -= 1
+        self.acked += ok
+        if self.pending <= 0:
+            self.expire()
+
+    def expire(self) -> None:
+        """Stop waiting (all answered, or the timeout passed); later answers are only counted."""
+        if not self.future.done():
+            self.future.set_result(None)
+
+
 @dataclass(slots=True)
 class _Item:
     batch: Batch
-    waiter: asyncio.Future[bool] | None
+    waiter: AckGroup | None
 
 
 class PeerLink:
@@ -166,7 +191,7 @@ class PeerLink:
             self._task = None
         self.drop_all()
 
-    def enqueue(self, batch: Batch, waiter: asyncio.Future[bool] | None) -> None:
+    def enqueue(self, batch: Batch, waiter: AckGroup | None) -> None:
         size = max(1, len(batch.mutations))
         if self.queued_mutations + size > self.r.max_hints:
             # The peer is too far behind: drop the hints; anti-entropy takes over.
@@ -179,7 +204,7 @@ class PeerLink:
             self.drop_all()
             self.lost_since = batch.ts if self.lost_since is None else self.lost_since
             if waiter is not None:
-                waiter.set_result(False)
+                waiter.ack(False)
             return
         self.queue.append(_Item(batch, waiter))
         self.queued_mutations += size
@@ -190,8 +215,8 @@ class PeerLink:
             self.lost_since = self.queue[0].batch.ts
         while self.queue:
             item = self.queue.popleft()
-            if item.waiter is not None and not item.waiter.done():
-                item.waiter.set_result(False)
+            if item.waiter is not None:
+                item.waiter.ack(False)
         self.queued_mutations = 0
 
     def stable(self, last: int) -> int:
@@ -251,8 +276,8 @@ class PeerLink:
                     # The peer refused it (our clock is too far ahead of its own): it does not
                     # hold it, so our stable point stays below it until a repair succeeds.
                     self.lost_since = done.batch.ts
-                if done.waiter is not None and not done.waiter.done():
-                    done.waiter.set_result(ok)
+                if done.waiter is not None:
+                    done.waiter.ack(ok)
 
 
 class Replicator:
@@ -340,23 +365,20 @@ class Replicator:
                 link.enqueue(batch, None)
             return 1, 1 + len(links)
         loop = asyncio.get_running_loop()
-        waiters: list[asyncio.Future[bool]] = []
+        waiting = [link for link in links if not link.failures]
+        group = AckGroup(loop, len(waiting))
         for link in links:
-            if link.failures:
-                # Its last request failed (refused, reset, timed out): it is probably down and
-                # about to be declared dead. Queue the write as a hint, but do not make every
-                # client wait the full timeout for it meanwhile; X-Replicas shows the shortfall.
-                link.enqueue(batch, None)
-                continue
-            fut: asyncio.Future[bool] = loop.create_future()
-            waiters.append(fut)
-            link.enqueue(batch, fut)
-        if waiters:
-            await asyncio.wait(waiters, timeout=self.timeout)
-        acked = sum(1 for w in waiters if w.done() and w.result())
-        for w in waiters:
-            if not w.done():
-                w.cancel()  # the write stays queued; only the waiting ends
+            # A link whose last request failed (refused, reset, timed out) is probably down and
+            # about to be declared dead: queue the write as a hint, but do not make every client
+            # wait the full timeout for it meanwhile; X-Replicas shows the shortfall.
+            link.enqueue(batch, group if not link.failures else None)
+        if group.pending > 0:
+            timer = loop.call_later(self.timeout, group.expire)
+            try:
+                await group.future
+            finally:
+                timer.cancel()
+        acked = group.acked
         return 1 + acked, 1 + len(links)
 
     def stable(self) -> int:
