@@ -673,22 +673,32 @@ class Membership:
             self._event(record, old, ALIVE)
         self._broadcast(msg.node, msg)
 
-    def _on_suspect(self, msg: Suspect, now: float) -> None:
+    def _accused(self, msg: Suspect | Dead) -> _Record | None:
+        """The record a suspicion or death notice is about, or None if it changes nothing here.
+
+        An accusation about ourselves is refuted on the spot (and also returns None).
+        """
         if msg.node == self.name:
             if self._left:
-                return  # we left: accusations no longer concern us
+                return None  # we left: accusations no longer concern us
             if msg.incarnation < self._me.incarnation:
-                return  # an old accusation, already refuted
-            logger.debug("node=%s refuting a suspicion from %s", self.name, msg.sender)
+                return None  # an old accusation, already refuted
+            logger.debug("node=%s refuting %s from %s", self.name, type(msg).__name__, msg.sender)
             self._refute(msg.incarnation)
-            return
+            return None
         if self._left:
-            return  # we left the mesh: its news is not ours until we join again
+            return None  # we left the mesh: its news is not ours until we join again
         record = self._members.get(msg.node)
         if record is None:
-            return  # never heard of it: nothing to suspect
+            return None  # never heard of it: nothing to suspect or bury
         if msg.incarnation < record.incarnation:
-            return  # ignore old incarnation numbers
+            return None  # ignore old incarnation numbers
+        return record
+
+    def _on_suspect(self, msg: Suspect, now: float) -> None:
+        record = self._accused(msg)
+        if record is None:
+            return
         timer = self._suspicions.get(msg.node)
         if timer is not None and msg.incarnation == record.incarnation:
             # Lifeguard: an independent confirmation shortens the timeout and is worth spreading.
@@ -716,21 +726,9 @@ class Membership:
         self._broadcast(msg.node, msg)
 
     def _on_dead(self, msg: Dead, now: float) -> None:
-        if msg.node == self.name:
-            if self._left:
-                return  # we left: a death notice is old news
-            if msg.incarnation < self._me.incarnation:
-                return  # an old death notice, already refuted
-            logger.debug("node=%s refuting a death notice from %s", self.name, msg.sender)
-            self._refute(msg.incarnation)
-            return
-        if self._left:
-            return  # we left the mesh: its news is not ours until we join again
-        record = self._members.get(msg.node)
+        record = self._accused(msg)
         if record is None:
-            return  # never heard of it: nothing to bury
-        if msg.incarnation < record.incarnation:
-            return  # ignore old incarnation numbers
+            return
         if record.state in _DOWN:
             return  # already dead or left
         if record.state == ALIVE and msg.sender != msg.node:
