@@ -247,12 +247,16 @@ class Node:
             delay = min(1.0, delay * 2)
 
     async def _serving(self) -> None:
-        """Synced (or a mesh of one): serve clients, over HTTP and the line protocol."""
-        self.ready = True
+        """Synced (or a mesh of one): serve clients, over HTTP and the line protocol.
+
+        The line protocol listens before the node reports ready, so that a client that saw
+        /health answer 200 finds both doors open.
+        """
         if self.config.tcp_port != 0 and self._line_server is None:
             self._line_server = await start_line_server(
                 self, self.config.host, self.config.tcp_port
             )
+        self.ready = True
 
     async def leave(self) -> None:
         """Leave the mesh (peers see `left`) and carry on as a mesh of one."""
