@@ -22,7 +22,7 @@ from cluster.admin_api import AdminApi
 from cluster.clock import Clock, SystemClock
 from cluster.compat import CompatApi
 from cluster.config import Config, ConfigError, split_hostport
-from cluster.errors import NoSeedReachable
+from cluster.errors import NoSeedReachable, SeedRefused
 from cluster.gossip import GOSSIP_KEY, PUSH_PULL_ROUTE, Gossip, handle_push_pull
 from cluster.hlc import HybridClock
 from cluster.http_api import HttpApi
@@ -88,6 +88,8 @@ class Node:
         self.repair_failures = 0
         # A node told to join serves clients only once it has joined and streamed a snapshot.
         self.ready = not self.config.join
+        # Why the last join failed, when a seed answered but refused us (shown by /health).
+        self.join_problem: str | None = None
         self._join_task: asyncio.Task[None] | None = None
         self._line_server: LineServer | None = None
         self.http_port = self.config.port
@@ -150,6 +152,9 @@ class Node:
             try:
                 await self.join(seeds)
                 return
+            except SeedRefused as exc:
+                # A misconfiguration, not a network problem: loud, and shown by /health.
+                logger.error("node=%s %s; retrying in %.1fs", self.config.name, exc, delay)
             except NoSeedReachable as exc:
                 logger.warning("node=%s %s; retrying in %.1fs", self.config.name, exc, delay)
             await asyncio.sleep(delay)
@@ -166,7 +171,12 @@ class Node:
             raise NoSeedReachable("the only seeds given are this node itself")
         joined = await self.gossip.join(others, timeout=self.config.join_timeout)
         if not joined or not any(m.name != self.config.name for m in self.gossip.alive_peers()):
+            refused = self.gossip.refused_by
+            if refused:
+                self.join_problem = "; ".join(f"seed {s} {why}" for s, why in refused.items())
+                raise SeedRefused(self.join_problem)
             raise NoSeedReachable(f"none of the seeds answered: {', '.join(others)}")
+        self.join_problem = None
         await self.sync()
 
     async def _is_self(self, seed: str) -> bool:

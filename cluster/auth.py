@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from dataclasses import dataclass, field
 
 HEADER = "X-KV-Signature"
 TIME_HEADER = "X-KV-Time"  # the sender's wall clock in ms, signed: bounds replays
@@ -42,3 +43,32 @@ def valid(
     if now is not None and abs(now - int(sent_ms) / 1000.0) > REPLAY_WINDOW:
         return False
     return hmac.compare_digest(signature(key, method, path, body, int(sent_ms)), sig)
+
+
+# What a joiner is told when a seed refuses it, or answers in a key it cannot verify.
+KEYS_DIFFER = "refused our signature: the cluster keys differ"
+
+
+@dataclass(slots=True)
+class RefusalLog:
+    """When to log refused senders: once per `interval` per address, with the count since.
+
+    A node with the wrong cluster key retries forever and gossip sends many packets a second:
+    logging each one would bury the log. Pure: the caller passes `now`.
+    """
+
+    interval: float = 10.0
+    _last: dict[str, tuple[float, int]] = field(default_factory=dict)  # address -> (logged, n)
+
+    def refused(self, address: str, now: float) -> int | None:
+        """Count one refusal from `address`; the count to log if a line is due, else None."""
+        logged, count = self._last.get(address, (float("-inf"), 0))
+        count += 1
+        if now - logged >= self.interval:
+            self._last[address] = (now, 0)
+            if len(self._last) > 1024:  # many senders (a scan): forget the quiet ones
+                horizon = now - self.interval
+                self._last = {a: v for a, v in self._last.items() if v[0] >= horizon}
+            return count
+        self._last[address] = (logged, count)
+        return None

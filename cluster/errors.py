@@ -8,6 +8,7 @@
     ├── MethodNotAllowed (405)   METHOD_NOT_ALLOWED
     ├── Unauthorized (401)       UNAUTHORIZED
     ├── NoSeedReachable (502)    NO_SEED_REACHABLE
+    ├── SeedRefused (502)        SEED_REFUSED: a seed answered but refused us (the keys differ)
     ├── Unavailable (503)        UNAVAILABLE: the node is still joining (streaming its snapshot)
     └── Internal (500)           INTERNAL: a bug; logged with a traceback and counted
 
@@ -34,6 +35,7 @@ STATUS: Final[dict[str, int]] = {
     "METHOD_NOT_ALLOWED": 405,
     "UNAUTHORIZED": 401,
     "NO_SEED_REACHABLE": 502,
+    "SEED_REFUSED": 502,
     "UNAVAILABLE": 503,
     "INTERNAL": 500,
 }
@@ -79,6 +81,12 @@ class Unauthorized(KVError):
 
 class NoSeedReachable(KVError):
     code = "NO_SEED_REACHABLE"
+
+
+class SeedRefused(KVError):
+    """A seed answered but would not take us in; the message names the seed and why."""
+
+    code = "SEED_REFUSED"
 
 
 class Unavailable(KVError):

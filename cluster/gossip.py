@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, cast
 import aiohttp
 from aiohttp import web
 
+from cluster.auth import KEYS_DIFFER, RefusalLog
 from cluster.membership import Member, MemberEvent, Membership, Outgoing
 from cluster.messages import (
     MAX_DATAGRAM,
@@ -75,6 +76,7 @@ logger = logging.getLogger(__name__)
 
 PUSH_PULL_ROUTE = "/internal/gossip/pushpull"
 RESOLVE_TTL = 30.0  # seconds a resolved host name is reused (containers change addresses)
+REFUSAL_LOG_INTERVAL = 10.0  # seconds between log lines about one refused sender
 
 Listener = Callable[[MemberEvent], Any]  # may return an awaitable: it is run as a task
 
@@ -145,6 +147,9 @@ class Gossip:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
         self._resolved: dict[str, tuple[float, str]] = {}  # host -> (expires, ip)
+        self._refusals = RefusalLog(REFUSAL_LOG_INTERVAL)
+        # Seeds that answered the last join but would not take us in: seed -> why.
+        self.refused_by: dict[str, str] = {}
 
     def _new_membership(self, address: str) -> Membership:
         incarnation = int(self.clock.wall() * 1000)
@@ -208,8 +213,10 @@ class Gossip:
         """Push/pull with every seed; True as soon as one answered (we are then a member).
 
         `timeout` bounds the whole join (the seeds are tried at once); answers arriving later
-        are still merged.
+        are still merged. Seeds that answered but refused us (another cluster key) are listed in
+        `refused_by`, so the caller can tell a misconfiguration from a network problem.
         """
+        self.refused_by = {}
         outgoing = self.membership.start_join(list(seeds), self.clock.monotonic())
         self._after()
         if not outgoing:
@@ -330,9 +337,10 @@ class Gossip:
     def _on_datagram(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         self.stats.datagrams_received += 1
         packet = self._check(data, MAX_DATAGRAM)
-        if isinstance(packet, str):
-            return
         source = f"{addr[0]}:{addr[1]}"
+        if isinstance(packet, str):
+            self._note_refused(source, packet)
+            return
         now = self.clock.monotonic()
         out: list[Outgoing] = []
         for msg in packet.messages:
@@ -393,6 +401,20 @@ class Gossip:
         self._resolved[host] = (self.clock.monotonic() + RESOLVE_TTL, ip)
         self._send(f"{ip}:{port}", data)
 
+    def _note_refused(self, source: str, reason: str) -> None:
+        """Log a sender whose packets fail authentication, once per interval per address."""
+        if reason not in ("auth", "stale"):
+            return  # garbage is counted, not logged: it says nothing about a misconfiguration
+        count = self._refusals.refused(source, self.clock.monotonic())
+        if count is None:
+            return
+        why = (
+            "not signed with our cluster key (the cluster keys differ)"
+            if reason == "auth"
+            else f"signed more than {self.params.replay_window:.0f} s away from our clock"
+        )
+        logger.warning("node=%s refused %d packet(s) from %s: %s", self.name, count, source, why)
+
     # --- push/pull over HTTP --------------------------------------------------------------------
 
     async def _push_pull(self, out: Outgoing) -> bool:
@@ -414,6 +436,9 @@ class Gossip:
         packet = self._check(data, MAX_PUSH_PULL) if status == 200 else f"HTTP {status}"
         if isinstance(packet, str) or (reply := _the_push_pull(packet, reply=True)) is None:
             self.stats.push_pull_failed += 1
+            why = _refusal_reason(packet, self.params.replay_window)
+            if why is not None:
+                self.refused_by[out.address] = why
             logger.debug("node=%s peer=%s push/pull refused: %s", self.name, out.address, packet)
             return False
         self.stats.push_pull_ok += 1
@@ -428,6 +453,8 @@ class Gossip:
         msg = None if isinstance(packet, str) else _the_push_pull(packet, reply=False)
         if msg is None:
             self.stats.push_pull_refused += 1
+            if isinstance(packet, str):
+                self._note_refused(request.remote or "unknown", packet)
             if packet == "oversized":
                 return _error(413, "BODY_TOO_LARGE", "the push/pull body is too large")
             if packet in ("auth", "stale"):
@@ -459,6 +486,15 @@ def _the_push_pull(packet: Packet, reply: bool) -> PushPull | None:
     msgs = packet.messages
     if len(msgs) == 1 and isinstance(msgs[0], PushPull) and msgs[0].reply is reply:
         return msgs[0]
+    return None
+
+
+def _refusal_reason(problem: object, replay_window: float) -> str | None:
+    """Why a seed's push/pull answer means it will not take us in, or None (a plain failure)."""
+    if problem in ("HTTP 401", "auth"):
+        return KEYS_DIFFER
+    if problem == "stale":
+        return f"answered with a signature more than {replay_window:.0f} s away from our clock"
     return None
 
 

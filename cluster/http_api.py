@@ -393,17 +393,18 @@ class HttpApi:
     # --- operations ------------------------------------------------------------------------------
 
     async def health(self, request: web.Request) -> web.Response:
-        """200 "ok" when serving; 503 "syncing" while joining (balancers skip the node)."""
+        """200 "ok" when serving; 503 "syncing" while joining (balancers skip the node), with a
+        "reason" when a seed refused us."""
         node = self.node
-        return json_response(
-            {
-                "status": "ok" if node.ready else "syncing",
-                "name": node.config.name,
-                "members": node.alive_members(),
-                "keys": len(self.kv.store),
-            },
-            status=200 if node.ready else 503,
-        )
+        body: dict[str, Any] = {
+            "status": "ok" if node.ready else "syncing",
+            "name": node.config.name,
+            "members": node.alive_members(),
+            "keys": len(self.kv.store),
+        }
+        if not node.ready and node.join_problem is not None:
+            body["reason"] = node.join_problem  # e.g. a seed refused us: the cluster keys differ
+        return json_response(body, status=200 if node.ready else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(

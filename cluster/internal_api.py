@@ -44,6 +44,7 @@ class InternalApi:
         self.node = node
         self.rejected_unauthenticated = 0
         self.rejected_malformed = 0
+        self._refusals = auth.RefusalLog()
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -65,13 +66,18 @@ class InternalApi:
             self.node.clock.wall(),
         ):
             self.rejected_unauthenticated += 1
-            logger.warning(
-                "node=%s refused unauthenticated %s %s from %s",
-                self.node.config.name,
-                request.method,
-                request.path,
-                request.remote,
-            )
+            source = request.remote or "unknown"
+            count = self._refusals.refused(source, self.node.clock.monotonic())
+            if count is not None:  # once per interval per sender, not per request
+                logger.warning(
+                    "node=%s refused %d unauthenticated request(s) from %s (last: %s %s): "
+                    "the cluster keys differ, or the clocks are far apart",
+                    self.node.config.name,
+                    count,
+                    source,
+                    request.method,
+                    request.path,
+                )
             raise Unauthorized("this request is not signed with the cluster key, or is stale")
         return body
 

@@ -316,9 +316,14 @@ class Membership:
         ]
 
     def local_state(self) -> tuple[MemberState, ...]:
-        """Our whole view, for a push/pull."""
+        """Our whole view, for a push/pull. After a leave we tell others we are `left`, although
+        in our own view we are the one alive member of a mesh of one."""
+        me = self._me
         return tuple(
-            MemberState(r.name, r.address, r.state, r.incarnation) for r in self._members.values()
+            MemberState(
+                r.name, r.address, LEFT if r is me and self._left else r.state, r.incarnation
+            )
+            for r in self._members.values()
         )
 
     def take_events(self) -> list[MemberEvent]:
@@ -872,15 +877,17 @@ class Membership:
         return out
 
     def _enter_left(self, incarnation: int, now: float) -> None:
-        """Become a mesh of one: forget every peer, stop probing, keep our incarnation."""
+        """Become a mesh of one: forget every peer, stop probing, keep our incarnation.
+
+        Our own record stays `alive`: in our view we are the one member of a mesh of one, and we
+        keep serving. What the old mesh hears is `left` (the `_left` flag makes `local_state`,
+        ping answers and push/pull replies say so).
+        """
         for record in [r for r in self._members.values() if r is not self._me]:
             self._event(record, record.state, None)
         me = self._me
         me.incarnation = max(me.incarnation, incarnation)
-        old = me.state
-        me.state = LEFT
         me.since = now
-        self._event(me, old, LEFT)
         self._members = {self.name: me}
         self._suspicions.clear()
         self._broadcasts.clear()
@@ -895,10 +902,8 @@ class Membership:
         """Come back from a leave or a removal with a higher incarnation, which outbids it."""
         me = self._me
         me.incarnation += 1
-        me.state = ALIVE
         me.since = now
         self._left = False
-        self._event(me, LEFT, ALIVE)
         self._broadcast(self.name, Alive(self.name, self.address, me.incarnation))
         if self._started:
             self._next_probe = min(self._next_probe, now + self.params.probe_interval)

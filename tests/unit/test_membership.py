@@ -375,10 +375,11 @@ def test_leave_tells_everyone_and_becomes_a_mesh_of_one() -> None:
     assert all(o.messages == (Leave("me", 10, "me"),) for o in out)
     assert m.left
     assert [x.name for x in m.members()] == ["me"]
-    assert state(m, "me") == (LEFT, 10)
+    # In its own view it is the one alive member of a mesh of one (the contract); peers see left.
+    assert state(m, "me") == (ALIVE, 10)
+    assert [x.state for x in m.alive_peers()] == []
     events = m.take_events()
-    assert [(e.name, e.new_state) for e in events][-1] == ("me", LEFT)
-    assert {e.name for e in events if e.new_state is None} == {"p0", "p1", "p2"}
+    assert {(e.name, e.new_state) for e in events} == {("p0", None), ("p1", None), ("p2", None)}
     assert m.leave(6.0) == []
     assert m.tick(7.0) == []
     assert m.next_deadline() == float("inf")
@@ -442,7 +443,8 @@ def test_a_running_member_obeys_its_removal() -> None:
     assert not m.left
     m.handle("x", Leave("me", 11, "p0"), 1.0)
     assert m.left
-    assert state(m, "me") == (LEFT, 11)
+    assert state(m, "me") == (ALIVE, 11)  # a mesh of one in its own view
+    assert m.local_state() == (MemberState("me", addr("me"), LEFT, 11),)  # what others hear
     m.start_join([addr("p0")], 2.0)
     assert m.incarnation == 12
 
