@@ -8,10 +8,11 @@ Timeline of every scenario (`run_scenario`):
     until every node sees every node alive -> let short TTLs run out -> read every node -> judge
 
 Figures per scenario (the markdown table): writes acknowledged (and attempted), lost,
-resurrected, torn batches/transactions, time to converge after heal, time to detect (first
-suspicion / every healthy observer says dead), false positives (a never-faulted node declared
-dead by an observer that was not cut off by a partition; from the nodes' own logs and the polls),
-time until membership is whole again.
+resurrected, torn batches/transactions, unverified absences (neither confirmed nor refuted: only
+a delete, expiry or clear of unknown version explains them), time to converge after heal, time
+to detect (first suspicion / every healthy observer says dead), false positives (a never-faulted
+node declared dead by an observer that was not cut off by a partition; from the nodes' own logs
+and the polls), time until membership is whole again.
 
 `QUICK` uses fast membership timing (probe 0.2 s: what the e2e tests use) and short phases;
 `FULL` runs the nodes with their default parameters (probe 1 s, anti-entropy 10 s).
@@ -595,22 +596,9 @@ async def _conclude(
         else:
             result.details.append(f"{name} unreadable for the verdict: {state}")
             result.checks[f"{name} readable for the verdict"] = False
-    if verdicts:
-        worst = max(verdicts, key=lambda v: v.lost + v.resurrected + v.partial + v.phantom)
-        result.acked, result.attempted = worst.acked, worst.attempted
-        result.lost, result.resurrected = worst.lost, worst.resurrected
-        result.partial, result.phantom = worst.partial, worst.phantom
-        result.unverified = worst.unverified
-        result.details += worst.details
-        if worst.cleared:
-            result.notes.append(f"{worst.cleared} acknowledged transactions wiped by the clear")
+    take_verdicts(result, verdicts)
     stats = ctx.load.stats
     result.notes.append(f"{stats.ops} ops, reads {stats.reads_ok} ok / {stats.reads_failed} failed")
-    if result.unverified:
-        result.notes.append(
-            f"{result.unverified} absences explained only by a delete or expiry of unknown "
-            "version (unacknowledged, or its tombstone purged)"
-        )
     events = {
         "load_started": ctx.load.started,
         "fault_at": ctx.fault_at,
@@ -623,6 +611,25 @@ async def _conclude(
         for x in ctx.monitor.history
     ]
     _save_history(rig, ctx.load.writes, final, events, membership)
+
+
+def take_verdicts(result: Result, verdicts: list[Verdict]) -> None:
+    """The figures of the worst node's verdict (most failures), into the scenario's result."""
+    if not verdicts:
+        return
+    worst = max(verdicts, key=lambda v: v.lost + v.resurrected + v.partial + v.phantom)
+    result.acked, result.attempted = worst.acked, worst.attempted
+    result.lost, result.resurrected = worst.lost, worst.resurrected
+    result.partial, result.phantom = worst.partial, worst.phantom
+    result.unverified = worst.unverified
+    result.details += worst.details
+    if worst.cleared:
+        result.notes.append(f"{worst.cleared} acknowledged transactions wiped by the clear")
+    if worst.unverified:
+        result.notes.append(
+            f"{worst.unverified} absences unverified: explained only by a delete, expiry or clear "
+            "of unknown version or order (unacknowledged, or its tombstone purged)"
+        )
 
 
 def _save_history(
@@ -673,21 +680,22 @@ def markdown(results: list[Result], timing: Timing) -> str:
         + ")",
         "",
         "| scenario | nodes | writes acked / attempted | lost | resurrected | torn batch/txn "
-        "| converge after heal (s) | detect: suspect / dead (s) | false positives "
+        "| unverified | converge after heal (s) | detect: suspect / dead (s) | false positives "
         "| membership whole (s) | result |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         if r.skipped:
             lines.append(
-                f"| {_cell(r.title)} | {r.nodes} | - | - | - | - | - | - | - | - "
+                f"| {_cell(r.title)} | {r.nodes} | - | - | - | - | - | - | - | - | - "
                 f"| skipped: {_cell(r.skipped)} |"
             )
             continue
+        # unverified: absences the verdict could neither confirm nor refute (not failures).
         lines.append(
             f"| {_cell(r.title)} | {r.nodes} | {r.acked} / {r.attempted} | {r.lost} "
             f"| {r.resurrected} "
-            f"| {r.partial} | {_s(r.converge)} | {_s(r.detect)} / {_s(r.dead)} "
+            f"| {r.partial} | {r.unverified} | {_s(r.converge)} | {_s(r.detect)} / {_s(r.dead)} "
             f"| {r.false_positives} | {_s(r.recover)} | {_cell(r.status)} |"
         )
     lines.append("")

@@ -21,7 +21,13 @@ greatest timestamp that touched it:
 - phantom:     a live value no recorded write produced;
 - partial:     a batch or transaction (acknowledged or not) of which some key shows its value
                while another of its keys shows a version *older* than it (torn);
-- an unacknowledged write may win: a value whose version is at least `newest` is fine.
+- an unacknowledged write may win: a value whose version is at least `newest` is fine;
+- unverified:  an absence the verdict can neither confirm nor refute, because only a delete,
+               expiry or clear of unknown version may explain it (unacknowledged, or its
+               tombstone purged): not a failure, but counted and shown in the report.
+
+An acknowledged transaction whose marker is gone has no known version (COMMIT carries none): a
+clear excuses it only if that clear may have ordered after it (`_judge_lost_transaction`).
 
 Writes through the balancer learn their node from nginx's X-Upstream header, so ties on the
 timestamp are broken by node name as the store breaks them; where the node is unknown (the line
@@ -196,8 +202,10 @@ class Verdict:
     resurrected: int = 0
     phantom: int = 0
     partial: int = 0
-    unverified: int = 0  # absences only a delete or expiry of unknown version may explain
-    cleared: int = 0  # acknowledged transactions whose marker a later clear removed
+    # Absences the verdict can neither confirm nor refute: only a delete, expiry or clear of
+    # unknown version (or of unknown order against the write) may explain them.
+    unverified: int = 0
+    cleared: int = 0  # acknowledged transactions whose marker a clear ordered after them removed
     details: list[str] = field(default_factory=list)
 
     @property
@@ -258,6 +266,9 @@ def judge(writes: Sequence[Write], state: NodeState, now: float | None = None) -
     per_key: dict[str, list[_Op]] = {}
     clears: list[_Op] = []
     attempted_deletes: dict[str, list[Write]] = {}
+    # Every clear that may be in the store, known before the loop: a transaction sent before
+    # the clear is judged against it.
+    clear_writes = [w for w in writes if w.kind == "clear" and w.maybe_applied]
     for w in writes:
         if w.kind == "clear":
             if w.acked and w.ts is not None:
@@ -273,7 +284,7 @@ def judge(writes: Sequence[Write], state: NodeState, now: float | None = None) -
             continue
         if ts is None:
             if w.kind == "txn":
-                _judge_lost_transaction(w, state, v)
+                _judge_lost_transaction(w, state, clear_writes, v)
             continue
         for key, value in zip(w.keys, w.values, strict=True):
             per_key.setdefault(key, []).append(_Op(w, value, ts))
@@ -281,7 +292,7 @@ def judge(writes: Sequence[Write], state: NodeState, now: float | None = None) -
     if newest_clear is not None and state.clear < _version(newest_clear):
         v.lost += 1
         v.note(f"clear at ts={newest_clear.ts} lost: the node's clear version is {state.clear}")
-    attempted_clears = [w for w in writes if w.kind == "clear" and not w.acked and w.maybe_applied]
+    attempted_clears = [w for w in clear_writes if not w.acked]
     for key in sorted(set(per_key) | set(state.live)):
         _judge_key(key, per_key.get(key, []), newest_clear, state, producers, v, now)
         if key in per_key and key not in state.live and key not in state.stored:
@@ -378,16 +389,52 @@ def _judge_absent(
     )
 
 
-def _judge_lost_transaction(w: Write, state: NodeState, v: Verdict) -> None:
-    """An acknowledged transaction whose marker is not there: lost, unless a clear covers it."""
+def _judge_lost_transaction(
+    w: Write, state: NodeState, clear_writes: Sequence[Write], v: Verdict
+) -> None:
+    """An acknowledged transaction whose marker is not there: lost, unless a clear that may have
+    ordered after it removed it.
+
+    The store drops every entry at or below its clear version (ts, node). If another key of the
+    transaction still shows the transaction's value, that entry carries the transaction's
+    version, and the node's clear is compared with it as the store compares them. Otherwise the
+    version is unknown (COMMIT carries none, the marker is gone) and only the timing can tell, as
+    for single writes against an attempted clear in `_judge_absent`: a clear stamped before the
+    transaction began cannot cover it, so only a clear that ended at or after the transaction's
+    start may have. (A clear that ended earlier was stamped earlier, as far as the nodes' clocks
+    agree; the suite clears only in scenarios without clock skew.) Such a clear, acknowledged,
+    makes the transaction `cleared`; only attempted, `unverified`.
+    """
     marker = w.keys[-1]
     if marker in state.stored:
         return  # a marker is written once: present with another value is judged as phantom
     if state.clear != ZERO:
-        v.cleared += 1  # cleared since (or lost before the clear: cannot tell)
-        return
+        for key, value in zip(w.keys[:-1], w.values[:-1], strict=True):
+            entry = state.stored.get(key)
+            if value is None or entry is None or entry.value != value:
+                continue
+            if entry.version <= state.clear:
+                v.cleared += 1  # at or below the node's clear: removed by it
+                return
+            v.lost += 1
+            v.note(
+                f"transaction #{w.id} via {w.via} acknowledged, its marker {marker} is absent; "
+                f"{key} shows it at {entry.version}, above the node's clear {state.clear}"
+            )
+            return
+        overlapping = [c for c in clear_writes if c.end >= w.start]
+        if any(c.acked for c in overlapping):
+            v.cleared += 1  # cleared since (or lost before the clear: cannot tell)
+            return
+        if overlapping:
+            v.unverified += 1  # only a clear that may never have been applied explains it
+            return
     v.lost += 1
-    v.note(f"transaction #{w.id} via {w.via} acknowledged, its marker {marker} is absent")
+    cleared_before = " (every clear ended before it began)" if state.clear != ZERO else ""
+    v.note(
+        f"transaction #{w.id} via {w.via} acknowledged, its marker {marker} is absent"
+        + cleared_before
+    )
 
 
 def _judge_atomic(w: Write, state: NodeState, deleted: set[str], v: Verdict) -> None:

@@ -7,6 +7,7 @@ with the state that satisfies it and once with the state that breaks it.
 from __future__ import annotations
 
 from loadtest.faults.load import Write
+from loadtest.faults.scenarios import QUICK, Result, markdown, take_verdicts
 from loadtest.faults.verdict import NodeState, Stored, Verdict, judge
 
 NOW = 1_700_000_100.0  # seconds; every timestamp below is a few seconds before this
@@ -199,3 +200,79 @@ def test_a_clear_at_the_same_timestamp_wins_or_loses_by_node_name() -> None:
     put.node, clear.node = "n3", "n1"
     assert verdict(h, state({"a": ("v1", 5, "n3")}, clear=(5, "n1"))).ok
     assert verdict(h, state({}, clear=(5, "n1"))).lost == 1
+
+
+def test_a_transaction_committed_after_a_clear_and_then_lost_is_lost() -> None:
+    # The clear ended (at 0.01 s) before the transaction began (1.0 s): it cannot have wiped it.
+    h = History()
+    h.add("clear", (), (), 5, start=0.0)
+    h.add("txn", ("a", "m1"), ("ta", "tm"), None, start=1.0)  # COMMIT has no timestamp
+    v = verdict(h, state({}, clear=(5, "n1")))
+    assert (v.lost, v.cleared, v.unverified) == (1, 0, 0)
+    assert "transaction #2" in v.details[0]
+
+
+def test_a_transaction_overlapping_a_clear_is_still_excused() -> None:
+    # The transaction runs from 1.0 to 1.01 s; its version is unknown (COMMIT has no timestamp,
+    # the marker is gone), so any clear that ended at or after 1.0 s may have ordered after it.
+    for clear_start, clear_end in ((0.995, 1.005), (0.99, 1.0), (2.0, 2.01)):
+        h = History()
+        h.add("txn", ("a", "m1"), ("ta", "tm"), None, start=1.0)
+        clear = h.add("clear", (), (), 5, start=clear_start)
+        clear.end = clear_end
+        v = verdict(h, state({}, clear=(5, "n1")))
+        assert v.ok, (clear_start, clear_end, v.details)
+        assert (v.cleared, v.unverified) == (1, 0)
+
+
+def test_a_transaction_overlapping_only_an_unacknowledged_clear_is_unverified() -> None:
+    h = History()
+    h.add("clear", (), (), 5, start=0.0)  # acknowledged, ended before the transaction began
+    h.add("txn", ("a", "m1"), ("ta", "tm"), None, start=1.0)
+    h.add("clear", (), (), None, outcome="timeout", start=1.005)  # may or may not have applied
+    v = verdict(h, state({}, clear=(6, "n1")))  # a clear newer than the acknowledged one
+    assert v.ok
+    assert (v.lost, v.cleared, v.unverified) == (0, 0, 1)
+
+
+def test_a_transaction_still_showing_on_a_key_is_ordered_against_the_clear() -> None:
+    # "a" shows the transaction's value: its entry carries the transaction's version, compared
+    # with the node's clear by (ts, node) as the store does, whatever the timing says.
+    h = History()
+    h.add("txn", ("a", "m1"), ("ta", "tm"), None, start=1.0)
+    h.add("clear", (), (), 5, start=1.0)  # overlaps the transaction in time
+    above = verdict(h, state({"a": ("ta", 5, "n2")}, clear=(5, "n1")))
+    assert (above.lost, above.cleared) == (1, 0)
+    assert "above the node's clear" in above.details[0]
+    assert above.partial == 1  # and "a" without its marker is a torn transaction
+    covered = verdict(h, state({"a": ("ta", 5, "n0")}, clear=(5, "n1")))
+    assert covered.ok
+    assert covered.cleared == 1
+
+
+def test_unverified_absences_are_counted_and_shown_in_the_table() -> None:
+    h = History()
+    h.set("a", "v1", 1)
+    h.delete("a", None, outcome="timeout", start=0.005)  # may explain "a"'s absence, or not
+    h.set("b", "v2", 2)
+    h.delete("b", None, outcome="failed", start=0.005)
+    h.add("txn", ("c", "m1"), ("tc", "tm"), None, start=1.0)
+    h.add("clear", (), (), None, outcome="timeout", start=1.0)  # may have wiped the transaction
+    v = verdict(h, state({}, clear=(5, "n1")))
+    assert v.ok
+    assert v.unverified == 3
+    result = Result("isolate", "isolate one node", 3)
+    take_verdicts(result, [v])
+    assert (result.unverified, result.lost, result.failures) == (3, 0, [])  # not a failure
+    skipped = Result("split", "split brain", 5, skipped="needs root")
+    table = [
+        line for line in markdown([result, skipped], QUICK).splitlines() if line.startswith("|")
+    ]
+    header, _, row, skipped_row = (
+        [c.strip() for c in line.strip("|").split("|")] for line in table
+    )
+    column = header.index("unverified")
+    assert header[column - 1] == "torn batch/txn"
+    assert row[column] == "3"
+    assert len(row) == len(header) == len(skipped_row)
+    assert any("3 absences unverified" in note for note in result.notes)
