@@ -17,24 +17,25 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from cluster import antientropy
-from cluster.admin_api import AdminApi
-from cluster.clock import Clock, SystemClock
-from cluster.compat import CompatApi
+from cluster.api.admin import AdminApi
+from cluster.api.compat import CompatApi
+from cluster.api.http import HttpApi
+from cluster.api.internal import InternalApi
+from cluster.api.line.server import LineServer, start_line_server
+from cluster.api.metrics import Metrics
 from cluster.config import Config, ConfigError, split_hostport
+from cluster.core.clock import Clock
+from cluster.core.hlc import HybridClock
+from cluster.core.kv import KV, Batch, Limits
+from cluster.core.store import Store
 from cluster.errors import NoSeedReachable, SeedRefused
-from cluster.gossip import GOSSIP_KEY, PUSH_PULL_ROUTE, Gossip, handle_push_pull
-from cluster.hlc import HybridClock
-from cluster.http_api import HttpApi
-from cluster.internal_api import InternalApi
-from cluster.kv import KV, Batch, Limits
-from cluster.line_protocol import LineServer, start_line_server
-from cluster.membership import ALIVE, DEAD, LEFT, SUSPECT, Member, MemberEvent
-from cluster.metrics import Metrics
-from cluster.peer_client import PeerClient, PeerError
-from cluster.replication import Replicator
-from cluster.store import Store
-from cluster.suspicion import GossipParams
+from cluster.membership.suspicion import GossipParams
+from cluster.membership.swim import ALIVE, DEAD, LEFT, SUSPECT, Member, MemberEvent
+from cluster.net.clock import SystemClock
+from cluster.net.gossip import GOSSIP_KEY, PUSH_PULL_ROUTE, Gossip, handle_push_pull
+from cluster.net.http_peers import PeerClient, PeerError
+from cluster.replication import antientropy
+from cluster.replication.sender import Replicator
 
 logger = logging.getLogger(__name__)
 

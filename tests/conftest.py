@@ -15,8 +15,8 @@ from aiohttp.test_utils import TestClient
 from hypothesis import settings
 
 from cluster.app import Node, build_app
-from cluster.clock import FakeClock
 from cluster.config import Config
+from cluster.core.clock import FakeClock
 
 # The signature of pytest-aiohttp's `aiohttp_client` fixture, as far as these fixtures use it.
 AiohttpClient = Callable[..., Awaitable[TestClient[Any, Any]]]

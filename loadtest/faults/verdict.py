@@ -49,8 +49,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from cluster import auth
-from cluster.hlc import wall_seconds_of
+from cluster.core.hlc import wall_seconds_of
+from cluster.net import auth
 from loadtest.faults.load import Write
 
 Version = tuple[int, str]

@@ -29,8 +29,8 @@ from typing import Any
 
 import pytest
 
-from cluster import auth, internal_api
-from cluster.messages import (
+from cluster.api import internal as internal_api
+from cluster.membership.messages import (
     MAX_DATAGRAM,
     MAX_PUSH_PULL,
     Alive,
@@ -41,6 +41,7 @@ from cluster.messages import (
     Suspect,
     encode_packet,
 )
+from cluster.net import auth
 from loadtest import procs
 
 pytestmark = pytest.mark.e2e

@@ -31,14 +31,16 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from cluster import antientropy, auth, replication
 from cluster.app import Node, build_app
-from cluster.clock import FakeClock
 from cluster.config import Config
-from cluster.kv import Batch
-from cluster.messages import Alive
-from cluster.peer_client import PeerError
-from cluster.store import Mutation
+from cluster.core.clock import FakeClock
+from cluster.core.kv import Batch
+from cluster.core.store import Mutation
+from cluster.membership.messages import Alive
+from cluster.net import auth
+from cluster.net.http_peers import PeerError
+from cluster.replication import antientropy
+from cluster.replication import sender as replication
 
 T0 = 1_800_000_000.0
 

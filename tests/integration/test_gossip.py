@@ -12,11 +12,11 @@ import pytest
 import uvloop
 from aiohttp import web
 
-from cluster.clock import SystemClock
 from cluster.config import Config
-from cluster.gossip import GOSSIP_KEY, PUSH_PULL_ROUTE, Gossip, GossipParams, handle_push_pull
-from cluster.membership import ALIVE, DEAD, LEFT, SUSPECT, MemberEvent
-from cluster.messages import Ack, PushPull, encode_packet
+from cluster.membership.messages import Ack, PushPull, encode_packet
+from cluster.membership.swim import ALIVE, DEAD, LEFT, SUSPECT, MemberEvent
+from cluster.net.clock import SystemClock
+from cluster.net.gossip import GOSSIP_KEY, PUSH_PULL_ROUTE, Gossip, GossipParams, handle_push_pull
 
 PARAMS = GossipParams.for_tests()
 

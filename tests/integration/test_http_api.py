@@ -17,8 +17,8 @@ from aiohttp.test_utils import TestClient
 from yarl import URL
 
 from cluster.app import Node
-from cluster.clock import FakeClock
-from cluster.store import Mutation, Version
+from cluster.core.clock import FakeClock
+from cluster.core.store import Mutation, Version
 from tests.conftest import MakeClient, MakeNode
 from tests.helpers import key_url
 

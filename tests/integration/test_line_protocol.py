@@ -24,11 +24,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cluster.api.line.server import LineConnection, LineServer, start_line_server
 from cluster.app import Node, build_app
-from cluster.clock import FakeClock
 from cluster.config import Config
-from cluster.kv import Batch
-from cluster.line_protocol import LineConnection, LineServer, start_line_server
+from cluster.core.clock import FakeClock
+from cluster.core.kv import Batch
 from loadtest.procs import free_port
 
 OK = {"status": "Ok"}

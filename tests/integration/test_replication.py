@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from cluster import antientropy
 from cluster.app import Node, build_app
 from cluster.config import Config
+from cluster.replication import antientropy
 
 
 @dataclass

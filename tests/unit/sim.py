@@ -22,11 +22,11 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from cluster.clock import FakeClock
-from cluster.membership import ALIVE, MemberEvent, Membership, Outgoing
-from cluster.messages import DecodeError, Message, decode_packet, encode_packet
-from cluster.suspicion import GossipParams, retransmit_limit, suspicion_timeout
-from cluster.transport import Delivery, Link, MemoryNetwork
+from cluster.core.clock import FakeClock
+from cluster.membership.messages import DecodeError, Message, decode_packet, encode_packet
+from cluster.membership.suspicion import GossipParams, retransmit_limit, suspicion_timeout
+from cluster.membership.swim import ALIVE, MemberEvent, Membership, Outgoing
+from cluster.net.memory import Delivery, Link, MemoryNetwork
 
 Payload = tuple[Message, ...] | bytes
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.membership import DEAD
+from cluster.membership.swim import DEAD
 from tests.unit.sim import Simulation
 
 

@@ -8,9 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cluster.clock import FakeClock
-from cluster.errors import ClockSkewError
-from cluster.hlc import (
+from cluster.core.clock import FakeClock
+from cluster.core.hlc import (
     LOGICAL_BITS,
     LOGICAL_MASK,
     HybridClock,
@@ -19,6 +18,7 @@ from cluster.hlc import (
     wall_ms_of,
     wall_seconds_of,
 )
+from cluster.errors import ClockSkewError
 
 START = 1_700_000_000.0
 START_MS = int(START * 1000)

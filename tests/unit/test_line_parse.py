@@ -8,11 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cluster.app import Node
-from cluster.clock import FakeClock
-from cluster.config import Config
-from cluster.errors import KVError
-from cluster.line_protocol import (
+from cluster.api.line.server import (
     OK,
     Command,
     Reply,
@@ -21,6 +17,10 @@ from cluster.line_protocol import (
     ok_result,
     parse_line,
 )
+from cluster.app import Node
+from cluster.config import Config
+from cluster.core.clock import FakeClock
+from cluster.errors import KVError
 
 # --- the grammar ---------------------------------------------------------------------------------
 

@@ -7,16 +7,7 @@ from typing import TypeVar
 
 import pytest
 
-from cluster.membership import (
-    ALIVE,
-    DEAD,
-    LEFT,
-    SUSPECT,
-    MemberEvent,
-    Membership,
-    Outgoing,
-)
-from cluster.messages import (
+from cluster.membership.messages import (
     Ack,
     Alive,
     Dead,
@@ -29,7 +20,16 @@ from cluster.messages import (
     PushPull,
     Suspect,
 )
-from cluster.suspicion import GossipParams
+from cluster.membership.suspicion import GossipParams
+from cluster.membership.swim import (
+    ALIVE,
+    DEAD,
+    LEFT,
+    SUSPECT,
+    MemberEvent,
+    Membership,
+    Outgoing,
+)
 
 P = GossipParams()
 
@@ -355,7 +355,7 @@ def test_newer_news_about_a_member_replaces_the_queued_one() -> None:
 
 
 def test_piggybacked_gossip_fits_one_datagram() -> None:
-    from cluster.messages import encode_packet
+    from cluster.membership.messages import encode_packet
 
     m = core(peers=3)
     for i in range(200):
@@ -468,58 +468,3 @@ def test_next_deadline_is_when_tick_has_work() -> None:
         assert m.next_deadline() == d
         m.tick(d)
         assert m.next_deadline() > d  # it did what was due
-
-
-# --- layering -------------------------------------------------------------------------------------
-
-# tests/unit/test_layering.py checks membership, suspicion and messages; the in-memory network
-# of transport.py is pure too (the UDP side lives in gossip.py).
-PURE = ("cluster.transport", "cluster.membership")
-FORBIDDEN = {"socket", "asyncio", "aiohttp", "time", "uvloop", "selectors"}
-
-
-def _imports(module: str) -> set[str]:
-    """Top-level modules imported by `module` and, transitively, by the cluster modules it
-    imports; imports under `if TYPE_CHECKING:` do not run and are skipped."""
-    import ast
-    import importlib.util
-
-    seen: set[str] = set()
-    found: set[str] = set()
-    todo = [module]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        spec = importlib.util.find_spec(name)
-        assert spec is not None
-        assert spec.origin is not None
-        with open(spec.origin, encoding="utf-8") as f:
-            tree = ast.parse(f.read())
-        skipped: set[int] = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-                skipped.update(id(n) for n in ast.walk(node))
-        for node in ast.walk(tree):
-            if id(node) in skipped:
-                continue
-            targets = []
-            if isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets = [node.module]
-            for target in targets:
-                found.add(target.split(".")[0])
-                if target.startswith("cluster."):
-                    todo.append(target)
-    return found
-
-
-@pytest.mark.parametrize("module", PURE)
-def test_the_core_does_no_io(module: str) -> None:
-    assert _imports(module) & FORBIDDEN == set()
-
-
-def test_the_layering_check_sees_io() -> None:
-    assert {"asyncio", "aiohttp", "socket"} <= _imports("cluster.gossip")

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cluster import messages as m
-from cluster.messages import (
+from cluster.membership import messages as m
+from cluster.membership.messages import (
     MESSAGE_TYPES,
     Ack,
     Alive,

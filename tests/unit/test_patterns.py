@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cluster.patterns import MAX_PATTERN_LENGTH, compile_pattern
+from cluster.core.patterns import MAX_PATTERN_LENGTH, compile_pattern
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.auth import RefusalLog
+from cluster.net.auth import RefusalLog
 
 
 @pytest.mark.parametrize(

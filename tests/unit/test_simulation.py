@@ -11,9 +11,9 @@ from functools import partial
 
 import pytest
 
-from cluster.membership import ALIVE, DEAD, LEFT, SUSPECT
-from cluster.messages import Alive
-from cluster.suspicion import GossipParams, suspicion_timeout
+from cluster.membership.messages import Alive
+from cluster.membership.suspicion import GossipParams, suspicion_timeout
+from cluster.membership.swim import ALIVE, DEAD, LEFT, SUSPECT
 from tests.unit.sim import (
     Simulation,
     address_of,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.suspicion import (
+from cluster.membership.suspicion import (
     Awareness,
     GossipParams,
     SuspicionTimer,

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from cluster.clock import FakeClock
-from cluster.transport import Link, MemoryNetwork, MemoryTransport, Transport
+from cluster.core.clock import FakeClock
+from cluster.net.memory import Link, MemoryNetwork, MemoryTransport, Transport
 
 
 def _net(seed: int = 1, link: Link | None = None) -> tuple[FakeClock, MemoryNetwork[str]]:

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from cluster.api.http import json_response, parse_json
 from cluster.errors import BadRequest, NotFound, Unauthorized
-from cluster.http_api import json_response, parse_json
 
 if TYPE_CHECKING:
     from cluster.app import Node

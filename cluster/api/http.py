@@ -19,11 +19,11 @@ from urllib.parse import unquote, unquote_to_bytes
 import orjson
 from aiohttp import web
 
+from cluster.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from cluster.core.kv import Batch
+from cluster.core.patterns import Pattern, compile_pattern
+from cluster.core.store import Entry
 from cluster.errors import STATUS, BadRequest, Internal, KVError, NotFound, Unavailable
-from cluster.kv import Batch
-from cluster.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from cluster.patterns import Pattern, compile_pattern
-from cluster.store import Entry
 
 if TYPE_CHECKING:
     from cluster.app import Node

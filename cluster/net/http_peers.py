@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import aiohttp
 
-from cluster import auth
+from cluster.net import auth
 
 logger = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from typing import NamedTuple
 
 from sortedcontainers import SortedList
 
-from cluster.patterns import Pattern
+from cluster.core.patterns import Pattern
 
 Version = tuple[int, str]
 ZERO: Version = (0, "")

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from cluster.api.http import HttpApi, json_response, key_from_path
+from cluster.core.hlc import wall_seconds_of
+from cluster.core.store import Entry
 from cluster.errors import NotFound
-from cluster.hlc import wall_seconds_of
-from cluster.http_api import HttpApi, json_response, key_from_path
-from cluster.store import Entry
 
 if TYPE_CHECKING:
     from cluster.app import Node

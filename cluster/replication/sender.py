@@ -28,11 +28,11 @@ from dataclasses import dataclass
 
 import orjson
 
+from cluster.core.hlc import HybridClock
+from cluster.core.kv import Batch
+from cluster.core.store import Mutation, Store
 from cluster.errors import ClockSkewError
-from cluster.hlc import HybridClock
-from cluster.kv import Batch
-from cluster.peer_client import PeerClient, PeerError
-from cluster.store import Mutation, Store
+from cluster.net.http_peers import PeerClient, PeerError
 
 logger = logging.getLogger(__name__)
 

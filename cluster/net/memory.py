@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:  # the protocol only: cluster.clock is the module that reads time
-    from cluster.clock import Clock
+    from cluster.core.clock import Clock
 
 P = TypeVar("P")
 

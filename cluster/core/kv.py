@@ -12,12 +12,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
+from cluster.core.hlc import HybridClock
+from cluster.core.store import Entry, Mutation, Store
 from cluster.errors import BadRequest
-from cluster.hlc import HybridClock
-from cluster.store import Entry, Mutation, Store
 
 if TYPE_CHECKING:  # the protocol only: the clock itself is injected (cluster.clock reads time)
-    from cluster.clock import Clock
+    from cluster.core.clock import Clock
 
 
 class Batch(NamedTuple):

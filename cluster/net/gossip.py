@@ -44,9 +44,7 @@ from typing import TYPE_CHECKING, Any, cast
 import aiohttp
 from aiohttp import web
 
-from cluster.auth import KEYS_DIFFER, RefusalLog
-from cluster.membership import Member, MemberEvent, Membership, Outgoing
-from cluster.messages import (
+from cluster.membership.messages import (
     MAX_DATAGRAM,
     MAX_PUSH_PULL,
     DecodeError,
@@ -54,12 +52,14 @@ from cluster.messages import (
     PushPull,
     decode_packet,
 )
-from cluster.messages import encode_packet as _encode
-from cluster.suspicion import GossipParams
+from cluster.membership.messages import encode_packet as _encode
+from cluster.membership.suspicion import GossipParams
+from cluster.membership.swim import Member, MemberEvent, Membership, Outgoing
+from cluster.net.auth import KEYS_DIFFER, RefusalLog
 
 if TYPE_CHECKING:
-    from cluster.clock import Clock
     from cluster.config import Config
+    from cluster.core.clock import Clock
 
 __all__ = [
     "GOSSIP_KEY",

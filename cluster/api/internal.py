@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from cluster import antientropy, auth, replication
+from cluster.api.http import json_response
 from cluster.errors import BadRequest, BodyTooLarge, Unauthorized, Unavailable
-from cluster.http_api import json_response
+from cluster.net import auth
+from cluster.replication import antientropy
+from cluster.replication import sender as replication
 
 if TYPE_CHECKING:
     from cluster.app import Node

@@ -1,4 +1,5 @@
-"""The only place that reads time.
+"""The Clock protocol, and a fake one for tests. The real clock is `cluster.net.clock.SystemClock`,
+the only place that reads time.
 
 Everything else gets time passed in (`now` arguments) or holds a `Clock`. Tests use `FakeClock`,
 which only moves when told to and refuses to move backwards (as trio's MockClock does); the wall
@@ -7,7 +8,6 @@ clock of a FakeClock can be stepped back on purpose with `set_wall` to test the 
 
 from __future__ import annotations
 
-import time
 from typing import Protocol
 
 
@@ -19,21 +19,6 @@ class Clock(Protocol):
     def monotonic(self) -> float:
         """Seconds from an arbitrary origin; never goes back."""
         ...
-
-
-class SystemClock:
-    """The real clocks. `offset` shifts the wall clock (fault tests simulate skew with it)."""
-
-    __slots__ = ("offset",)
-
-    def __init__(self, offset: float = 0.0) -> None:
-        self.offset = offset
-
-    def wall(self) -> float:
-        return time.time() + self.offset
-
-    def monotonic(self) -> float:
-        return time.monotonic()
 
 
 class FakeClock:

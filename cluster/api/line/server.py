@@ -46,8 +46,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, cast
 
 import orjson
 
+from cluster.core.kv import KV, Batch
 from cluster.errors import BadRequest, Internal, KVError, NotFound
-from cluster.kv import KV, Batch
 
 if TYPE_CHECKING:
     from cluster.app import Node

@@ -54,7 +54,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from cluster.messages import (
+from cluster.membership.messages import (
     PACKET_OVERHEAD,
     Ack,
     Alive,
@@ -69,7 +69,7 @@ from cluster.messages import (
     Suspect,
     encoded_size,
 )
-from cluster.suspicion import (
+from cluster.membership.suspicion import (
     Awareness,
     GossipParams,
     SuspicionTimer,

@@ -26,10 +26,10 @@ from urllib.parse import quote
 
 import orjson
 
+from cluster.core.hlc import HybridClock
+from cluster.core.store import DIGEST_BUCKETS, Mutation, Store, Version
 from cluster.errors import ClockSkewError
-from cluster.hlc import HybridClock
-from cluster.peer_client import PeerClient
-from cluster.store import DIGEST_BUCKETS, Mutation, Store, Version
+from cluster.net.http_peers import PeerClient
 
 logger = logging.getLogger(__name__)
 
