@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from cluster.membership.suspicion import GossipParams
+
 
 class ConfigError(ValueError):
     """An invalid option; the message names it."""
@@ -92,6 +94,19 @@ class Config:
         name = self.name or f"{self.host}:{self.port}"
         advertise = self.advertise or f"{self.host}:{self.port}"
         return replace(self, name=name, advertise=advertise, log_level=self.log_level.upper())
+
+    def gossip_params(self) -> GossipParams:
+        """Membership timing from the node's options; the rest follows from the probe interval."""
+        return GossipParams(
+            probe_interval=self.probe_interval,
+            probe_timeout=self.probe_timeout,
+            suspicion_mult=self.suspicion_mult,
+            gossip_interval=self.gossip_interval,
+            push_pull_interval=self.push_pull_interval,
+            reconnect_interval=self.push_pull_interval,
+            gossip_to_dead_time=30 * self.probe_interval,
+            push_pull_timeout=max(1.0, 10 * self.probe_interval),
+        )
 
     @classmethod
     def for_tests(cls, **overrides: Any) -> Config:

@@ -12,6 +12,10 @@
     ├── Unavailable (503)        UNAVAILABLE: the node is still joining (streaming its snapshot)
     └── Internal (500)           INTERNAL: a bug; logged with a traceback and counted
 
+    DecodeError                  bytes from a peer, or a cursor, that do not decode (every decoder)
+    AddressError                 a "host:port" that does not parse
+    ClockSkewError               a remote timestamp too far ahead of our clock
+
 `STATUS` maps every code to its HTTP status; `http_api` is the only place that turns an error into
 an HTTP reply and `line_protocol` the only place that turns it into a line reply. The message is
 the same human text on both.
@@ -95,6 +99,23 @@ class Unavailable(KVError):
 
 class Internal(KVError):
     code = "INTERNAL"
+
+
+class DecodeError(ValueError):
+    """Bytes from a peer (a gossip packet, a replication body, an anti-entropy or snapshot page)
+    or a cursor from a client that do not decode. Never a crash: the message is refused and
+    counted under `reason` ("malformed", "truncated", "oversized", "auth", "version").
+
+    The one decode error of the package: every decoder raises it and nothing else.
+    """
+
+    def __init__(self, detail: str, reason: str = "malformed") -> None:
+        super().__init__(detail if reason == "malformed" else f"{reason}: {detail}")
+        self.reason = reason
+
+
+class AddressError(ValueError):
+    """A "host:port" that does not parse; the message says what was expected."""
 
 
 class ClockSkewError(Exception):

@@ -8,22 +8,22 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
-from cluster.api.http import json_response, parse_json
+from cluster.api.ports import ClusterAdmin
+from cluster.api.replies import json_response, parse_json
 from cluster.errors import BadRequest, NotFound, Unauthorized
-
-if TYPE_CHECKING:
-    from cluster.app import Node
 
 logger = logging.getLogger(__name__)
 
 
 class AdminApi:
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, name: str, cluster: ClusterAdmin, admin_token: str | None) -> None:
+        self.name = name
+        self.cluster = cluster
+        self.admin_token = admin_token
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -34,7 +34,7 @@ class AdminApi:
         ]
 
     def _authorize(self, request: web.Request) -> None:
-        token = self.node.config.admin_token
+        token = self.admin_token
         if token is None:
             return
         given = request.headers.get("Authorization", "")
@@ -48,10 +48,10 @@ class AdminApi:
         return body
 
     def _member_list(self) -> list[dict[str, str | int]]:
-        return [m.as_dict() for m in self.node.members()]
+        return [m.as_dict() for m in self.cluster.members()]
 
     async def members(self, request: web.Request) -> web.Response:
-        return json_response({"self": self.node.config.name, "members": self._member_list()})
+        return json_response({"self": self.name, "members": self._member_list()})
 
     async def join(self, request: web.Request) -> web.Response:
         self._authorize(request)
@@ -63,12 +63,12 @@ class AdminApi:
             or not all(isinstance(s, str) and s.count(":") >= 1 for s in seeds)
         ):
             raise BadRequest('seeds must be a non-empty list of "host:port"', "INVALID_BODY")
-        await self.node.join(seeds)
+        await self.cluster.join(seeds)
         return json_response({"members": self._member_list()})
 
     async def leave(self, request: web.Request) -> web.Response:
         self._authorize(request)
-        await self.node.leave()
+        await self.cluster.leave()
         return json_response({"left": True, "members": self._member_list()})
 
     async def remove(self, request: web.Request) -> web.Response:
@@ -77,8 +77,8 @@ class AdminApi:
         name = body.get("name")
         if not isinstance(name, str) or not name:
             raise BadRequest('the body must be {"name": "<member name>"}', "INVALID_BODY")
-        if name == self.node.config.name:
+        if name == self.name:
             raise BadRequest("a node cannot remove itself; use /cluster/leave", "INVALID_PARAMETER")
-        if not await self.node.remove(name):
+        if not await self.cluster.remove(name):
             raise NotFound(f"no such member: {name}")
         return json_response({"removed": name, "members": self._member_list()})

@@ -3,24 +3,23 @@
 Two earlier families live here: the named store (`/set/{name}?value=`, `/get/{name}`, `/get`)
 whose `time` is when the value was written (the HLC's physical part), and the expiring store
 (`/set?key=&value=&timeout=`, `/get?key=`, `/delete?key=`, `/all`) whose times are RFC 7231 dates.
-`/set` and `/get` are shared with the task API, which dispatches here on the parameter names.
+`/set` and `/get` are shared with the task API: `cluster.api.router` dispatches them.
 """
 
 from __future__ import annotations
 
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
 
-from cluster.api.http import HttpApi, json_response, key_from_path
+from cluster.api.ports import Writes
+from cluster.api.replies import json_response, key_from_path, replicate_headers, stream_listing
 from cluster.core.hlc import wall_seconds_of
+from cluster.core.kv import KV
 from cluster.core.store import Entry
 from cluster.errors import NotFound
-
-if TYPE_CHECKING:
-    from cluster.app import Node
 
 
 def http_date(epoch: float) -> str:
@@ -29,10 +28,11 @@ def http_date(epoch: float) -> str:
 
 
 class CompatApi:
-    def __init__(self, node: Node, api: HttpApi) -> None:
-        self.node = node
-        self.kv = node.kv
-        self.api = api
+    """The earlier stores' routes over the same key/value operations and replication."""
+
+    def __init__(self, kv: KV, writes: Writes) -> None:
+        self.kv = kv
+        self.writes = writes
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -55,7 +55,7 @@ class CompatApi:
         name = self.kv.check_key(key_from_path(request, "/set/"))
         value = self.kv.check_value(request.rel_url.query.get("value"))
         batch = self.kv.set(name, value)
-        headers = await self.api.replicate(batch)
+        headers = await replicate_headers(self.writes, batch)
         return json_response(
             {name: {"value": value, "time": wall_seconds_of(batch.ts)}}, headers=headers
         )
@@ -73,7 +73,9 @@ class CompatApi:
         def render(page: list[tuple[str, Entry]]) -> bytes:
             return orjson.dumps({k: self._timed(e) for k, e in page})[1:-1]
 
-        return await self.api.stream(request, "object", None, None, b'{"data":{', b"}}", render)
+        return await stream_listing(
+            request, self.kv, "object", None, None, b'{"data":{', b"}}", render
+        )
 
     # --- the expiring store ---------------------------------------------------------------------
 
@@ -83,7 +85,7 @@ class CompatApi:
         value = self.kv.check_value(q.get("value"))
         ttl = self.kv.check_ttl(q.get("timeout"), "timeout")
         batch = self.kv.set(key, value, ttl)
-        headers = await self.api.replicate(batch)
+        headers = await replicate_headers(self.writes, batch)
         expires = batch.mutations[0].expires
         return json_response(
             {
@@ -113,7 +115,7 @@ class CompatApi:
         batch = self.kv.delete(key)
         if batch is None:
             raise NotFound(f"no such key: {key}")
-        headers = await self.api.replicate(batch)
+        headers = await replicate_headers(self.writes, batch)
         return json_response({"message": "Value deleted successfully"}, headers=headers)
 
     async def all_timed(self, request: web.Request) -> web.StreamResponse:
@@ -122,4 +124,4 @@ class CompatApi:
                 {k: {"time_out": self._time_out(e), "value": e.value} for k, e in page}
             )[1:-1]
 
-        return await self.api.stream(request, "object", None, None, b"{", b"}", render)
+        return await stream_listing(request, self.kv, "object", None, None, b"{", b"}", render)

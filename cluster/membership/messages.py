@@ -33,6 +33,8 @@ from typing import Any, Final, Literal
 
 import orjson
 
+from cluster.errors import DecodeError
+
 VERSION: Final = 1
 MAX_DATAGRAM: Final = 65_507  # the largest UDP payload over IPv4
 MAX_PUSH_PULL: Final = 8 * 1024 * 1024  # bytes of one push/pull HTTP body
@@ -47,14 +49,6 @@ TAG_BYTES: Final = 32
 STATES: Final = ("alive", "suspect", "dead", "left")
 Key = str | bytes
 Reason = Literal["oversized", "truncated", "malformed", "auth", "version"]
-
-
-class DecodeError(Exception):
-    """The one error decoding raises: the packet is dropped and counted under `reason`."""
-
-    def __init__(self, reason: Reason, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason: Reason = reason
 
 
 # --- the messages ---------------------------------------------------------------------------------
@@ -245,7 +239,7 @@ _Field = Callable[[object], object]
 
 
 def _bad(detail: str) -> DecodeError:
-    return DecodeError("malformed", detail)
+    return DecodeError(reason="malformed", detail=detail)
 
 
 def _name(v: object) -> str:
@@ -323,33 +317,37 @@ def _message(raw: object) -> Message:
 def decode_packet(data: bytes, key: Key | None, max_size: int = MAX_DATAGRAM) -> Packet:
     """Check, authenticate and decode one packet; raise DecodeError for anything else."""
     if len(data) > max_size:
-        raise DecodeError("oversized", f"{len(data)} bytes > {max_size}")
+        raise DecodeError(reason="oversized", detail=f"{len(data)} bytes > {max_size}")
     if not data:
-        raise DecodeError("truncated", "empty packet")
+        raise DecodeError(reason="truncated", detail="empty packet")
     marker = data[:1]
     if key is None:
         if marker == SIGNED:
-            raise DecodeError("auth", "a signed packet but no cluster key is configured")
+            raise DecodeError(
+                reason="auth", detail="a signed packet but no cluster key is configured"
+            )
         if marker != PLAIN:
-            raise DecodeError("malformed", "unknown packet format")
+            raise DecodeError(reason="malformed", detail="unknown packet format")
         body = data[1:]
     else:
         if marker != SIGNED:
-            raise DecodeError("auth", "an unsigned packet but a cluster key is configured")
+            raise DecodeError(
+                reason="auth", detail="an unsigned packet but a cluster key is configured"
+            )
         if len(data) < 1 + TAG_BYTES:
-            raise DecodeError("truncated", "shorter than its HMAC")
+            raise DecodeError(reason="truncated", detail="shorter than its HMAC")
         verified = verify(key, data)
         if verified is None:
-            raise DecodeError("auth", "bad HMAC")
+            raise DecodeError(reason="auth", detail="bad HMAC")
         body = verified
     if not body:
-        raise DecodeError("truncated", "no body")
+        raise DecodeError(reason="truncated", detail="no body")
     try:
         raw = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise DecodeError("malformed", f"not JSON ({exc})") from None
+        raise DecodeError(reason="malformed", detail=f"not JSON ({exc})") from None
     if type(raw) is not list or len(raw) < 3:
         raise _bad("a packet must be [version, sent_ms, message, ...]")
     if raw[0] != VERSION or type(raw[0]) is not int:
-        raise DecodeError("version", f"unsupported version {str(raw[0])[:20]}")
+        raise DecodeError(reason="version", detail=f"unsupported version {str(raw[0])[:20]}")
     return Packet(_uint(raw[1]), tuple(_message(m) for m in raw[2:]))

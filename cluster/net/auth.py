@@ -25,6 +25,14 @@ def signature(key: str, method: str, path: str, body: bytes, sent_ms: int = 0) -
     return mac.hexdigest()
 
 
+def stamp(key: str | None, method: str, path: str, body: bytes, wall: float) -> dict[str, str]:
+    """The signature headers of a request sent now (none without a key)."""
+    if key is None:
+        return {}
+    sent_ms = int(wall * 1000)
+    return {TIME_HEADER: str(sent_ms), HEADER: signature(key, method, path, body, sent_ms)}
+
+
 def valid(
     key: str | None,
     method: str,

@@ -1,28 +1,18 @@
-"""The IO layer of membership: UDP datagrams, the tick loop, and push/pull over HTTP.
+"""The IO layer of membership: datagrams in and out, the tick loop, and push/pull.
 
-Everything that decides lives in `cluster.membership` (pure); this module only moves bytes and
-time in and out of it:
+Everything that decides lives in `cluster.membership.swim` (pure); this module only moves bytes
+and time in and out of it, through the two transports of `cluster.core.ports`:
 
-- a UDP socket bound to (config.host, the node's port): each datagram is authenticated and
-  decoded (`cluster.messages`), its messages fed to `Membership.handle`, and whatever comes back
-  is encoded and sent; undecodable, unauthenticated and stale datagrams are dropped and counted;
+- datagrams (`Transport`: UDP in production, the in-memory network in the simulation): each one
+  is authenticated and decoded (`cluster.membership.messages`), its messages fed to
+  `Membership.handle`, and whatever comes back is encoded and sent; undecodable,
+  unauthenticated and stale datagrams are dropped and counted (`on_datagram`);
 - a loop calling `Membership.tick(clock.monotonic())` at the next deadline (at most a tenth of a
   probe interval apart, and at once after each received datagram);
-- push/pull as `POST /internal/gossip/pushpull` (`PUSH_PULL_ROUTE`): the core's PushPull messages
-  go out as HTTP requests through one shared aiohttp.ClientSession, and `handle_push_pull`
-  answers them. Bodies are packets of `cluster.messages`, signed in the body with the cluster key
-  when one is set (no header needed);
+- push/pull as a request to `PUSH_PULL_ROUTE` through the `PeerTransport` (HTTP in production);
+  `handle_push_pull` answers one. Bodies are packets of `cluster.membership.messages`, signed in
+  the body with the cluster key when one is set;
 - membership events are logged at INFO (`node=%s peer=%s`) and passed to listeners.
-
-Wiring (for the composition root):
-
-    gossip = Gossip(config, clock, rng, name, advertise, config.cluster_key, params)
-    app[GOSSIP_KEY] = gossip                       # before the app starts
-    app.router.add_post(PUSH_PULL_ROUTE, handle_push_pull)
-    ... bind the HTTP site ...
-    await gossip.start(port=bound_http_port)       # UDP on the same number
-    await gossip.join(seeds, timeout=5.0)
-    ... on shutdown: await gossip.leave(); await gossip.stop()
 
 Why the incarnation starts at the wall clock in ms: a restarted process must outbid everything the
 mesh remembers of its previous life, which refuted at most a handful of times per second.
@@ -33,21 +23,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import ipaddress
 import logging
 import random
-import socket
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
-import aiohttp
-from aiohttp import web
-
+from cluster.core.addresses import format_hostport, parse_hostport
+from cluster.core.clock import Clock
+from cluster.core.ports import PeerError, PeerTransport, Transport
+from cluster.errors import BadRequest, BodyTooLarge, DecodeError, Unauthorized
 from cluster.membership.messages import (
     MAX_DATAGRAM,
     MAX_PUSH_PULL,
-    DecodeError,
     Packet,
     PushPull,
     decode_packet,
@@ -57,25 +45,11 @@ from cluster.membership.suspicion import GossipParams
 from cluster.membership.swim import Member, MemberEvent, Membership, Outgoing
 from cluster.net.auth import KEYS_DIFFER, RefusalLog
 
-if TYPE_CHECKING:
-    from cluster.config import Config
-    from cluster.core.clock import Clock
-
-__all__ = [
-    "GOSSIP_KEY",
-    "PUSH_PULL_ROUTE",
-    "Gossip",
-    "GossipParams",
-    "GossipStats",
-    "Member",
-    "MemberEvent",
-    "handle_push_pull",
-]
+__all__ = ["PUSH_PULL_ROUTE", "Gossip", "GossipParams", "GossipStats", "Member", "MemberEvent"]
 
 logger = logging.getLogger(__name__)
 
 PUSH_PULL_ROUTE = "/internal/gossip/pushpull"
-RESOLVE_TTL = 30.0  # seconds a resolved host name is reused (containers change addresses)
 REFUSAL_LOG_INTERVAL = 10.0  # seconds between log lines about one refused sender
 
 Listener = Callable[[MemberEvent], Any]  # may return an awaitable: it is run as a task
@@ -86,52 +60,31 @@ class GossipStats:
     """Counters for /metrics (monotonic; see `Gossip.counters`)."""
 
     datagrams_received: int = 0
-    datagrams_sent: int = 0
+    datagrams_sent: int = 0  # handed to the datagram transport
     dropped_malformed: int = 0  # garbage, truncated, wrong version, wrong shape
     dropped_auth: int = 0  # missing or bad HMAC: another key, or none
     dropped_stale: int = 0  # signed, but older than the replay window
     dropped_oversized: int = 0
-    send_errors: int = 0
     push_pull_ok: int = 0
     push_pull_failed: int = 0
     push_pull_served: int = 0
     push_pull_refused: int = 0
 
 
-class _Endpoint(asyncio.DatagramProtocol):
-    def __init__(self, gossip: Gossip) -> None:
-        self.gossip = gossip
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's UDPTransport is not a subclass of asyncio.DatagramTransport: no isinstance.
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        self.gossip._on_datagram(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable from a dead peer lands here: expected, counted, not an error.
-        self.gossip.stats.send_errors += 1
-        logger.debug("node=%s UDP error: %s", self.gossip.name, exc)
-
-
 class Gossip:
-    """Runs one node's membership: UDP gossip, the tick loop, HTTP push/pull, listeners."""
+    """Runs one node's membership: datagrams, the tick loop, push/pull, listeners."""
 
     def __init__(
         self,
-        config: Config,
-        clock: Clock,
-        rng: random.Random,
         name: str,
         advertise_address: str,
+        clock: Clock,
+        rng: random.Random,
         cluster_key: str | None,
-        params: GossipParams | None = None,
-        *,
-        session: aiohttp.ClientSession | None = None,
+        params: GossipParams,
+        datagrams: Transport,
+        peers: PeerTransport,
     ) -> None:
-        self.config = config
         self.clock = clock
         self.rng = rng
         self.name = name
@@ -140,13 +93,11 @@ class Gossip:
         self.stats = GossipStats()
         self.membership = self._new_membership(advertise_address)
         self._listeners: list[Listener] = []
-        self._session = session
-        self._own_session = session is None
-        self._endpoint: _Endpoint | None = None
+        self.datagrams = datagrams
+        self.peers = peers
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
-        self._resolved: dict[str, tuple[float, str]] = {}  # host -> (expires, ip)
         self._refusals = RefusalLog(REFUSAL_LOG_INTERVAL)
         # Seeds that answered the last join but would not take us in: seed -> why.
         self.refused_by: dict[str, str] = {}
@@ -163,31 +114,19 @@ class Gossip:
     # --- lifecycle ------------------------------------------------------------------------------
 
     async def start(self, port: int | None = None) -> None:
-        """Bind UDP on (config.host, port) and start the loop.
+        """Start the loop (the datagram transport is bound by the caller).
 
-        `port` defaults to the advertised port; pass the bound HTTP port when the configured one
-        was 0 (an advertised port of 0 is then replaced by it).
+        `port`: the bound port when the configured one was 0; an advertised port of 0 is then
+        replaced by it.
         """
-        host, adv_port = _split(self.address)
+        host, adv_port = parse_hostport(self.address, allow_zero=True)
         if port is not None and adv_port == 0:
-            self.membership = self._new_membership(f"{host}:{port}")  # nothing happened yet
-        bind_port = port if port is not None else adv_port
-        loop = asyncio.get_running_loop()
-        transport, endpoint = await loop.create_datagram_endpoint(
-            lambda: _Endpoint(self), local_addr=(self.config.host, bind_port)
-        )
-        endpoint.transport = transport  # whatever connection_made saw, this is the socket
-        self._endpoint = endpoint
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.params.push_pull_timeout)
-            )
+            # Nothing happened yet: start over under the real address.
+            self.membership = self._new_membership(format_hostport(host, port))
         self._loop_task = asyncio.create_task(self._run(), name=f"gossip-{self.name}")
         logger.info(
-            "node=%s gossip on udp %s:%d, advertising %s (incarnation %d)",
+            "node=%s gossip started, advertising %s (incarnation %d)",
             self.name,
-            self.config.host,
-            bind_port,
             self.address,
             self.membership.incarnation,
         )
@@ -202,12 +141,6 @@ class Gossip:
                 await task
         self._loop_task = None
         self._tasks.clear()
-        if self._endpoint is not None and self._endpoint.transport is not None:
-            self._endpoint.transport.close()
-        self._endpoint = None
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None
 
     async def join(self, seeds: Iterable[str], timeout: float) -> bool:  # noqa: ASYNC109
         """Push/pull with every seed; True as soon as one answered (we are then a member).
@@ -261,7 +194,7 @@ class Gossip:
         self._listeners.append(callback)
 
     def counters(self) -> dict[str, int]:
-        """Counters and gauges for /metrics, named gossip_*."""
+        """Counters and gauges for /metrics, named gossip_* (described in cluster.api.metrics)."""
         out = {f"gossip_{k}": v for k, v in asdict(self.stats).items()}
         out["gossip_health_score"] = self.membership.health_score
         out["gossip_pending_broadcasts"] = self.membership.pending_broadcasts()
@@ -334,10 +267,10 @@ class Gossip:
                 return "stale"
         return packet
 
-    def _on_datagram(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+    def on_datagram(self, data: bytes, source: str) -> None:
+        """One datagram arrived from `source` ("host:port")."""
         self.stats.datagrams_received += 1
         packet = self._check(data, MAX_DATAGRAM)
-        source = f"{addr[0]}:{addr[1]}"
         if isinstance(packet, str):
             self._note_refused(source, packet)
             return
@@ -359,47 +292,8 @@ class Gossip:
                 self._send(out.address, _encode(out.messages, self.key, self._now_ms()))
 
     def _send(self, address: str, data: bytes) -> None:
-        endpoint = self._endpoint
-        if endpoint is None or endpoint.transport is None:
-            return
-        try:
-            host, port = _split(address)
-        except ValueError:
-            self.stats.send_errors += 1
-            return
-        ip = self._ip(host)
-        if ip is None:
-            self._spawn(self._resolve_and_send(host, port, data))
-            return
-        try:
-            endpoint.transport.sendto(data, (ip, port))
-            self.stats.datagrams_sent += 1
-        except OSError as exc:
-            self.stats.send_errors += 1
-            logger.debug("node=%s send to %s failed: %s", self.name, address, exc)
-
-    def _ip(self, host: str) -> str | None:
-        """`host` if it is an IP literal, its cached resolution, or None (resolve first)."""
-        try:
-            return str(ipaddress.ip_address(host))
-        except ValueError:
-            pass
-        cached = self._resolved.get(host)
-        if cached is not None and cached[0] > self.clock.monotonic():
-            return cached[1]
-        return None
-
-    async def _resolve_and_send(self, host: str, port: int, data: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        except OSError as exc:
-            self.stats.send_errors += 1
-            logger.debug("node=%s cannot resolve %s: %s", self.name, host, exc)
-            return
-        ip = str(infos[0][4][0])
-        self._resolved[host] = (self.clock.monotonic() + RESOLVE_TTL, ip)
-        self._send(f"{ip}:{port}", data)
+        self.stats.datagrams_sent += 1
+        self.datagrams.send(address, data)
 
     def _note_refused(self, source: str, reason: str) -> None:
         """Log a sender whose packets fail authentication, once per interval per address."""
@@ -419,21 +313,18 @@ class Gossip:
 
     async def _push_pull(self, out: Outgoing) -> bool:
         """Send a push/pull request and merge the answer; False if it failed."""
-        session = self._session
-        if session is None:
-            return False
         body = _encode(out.messages, self.key, self._now_ms())
-        url = f"http://{out.address}{PUSH_PULL_ROUTE}"
         try:
-            async with session.post(
-                url, data=body, headers={"Content-Type": "application/octet-stream"}
-            ) as resp:
-                status, data = resp.status, await resp.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            data = await self.peers.request(
+                "POST", out.address, PUSH_PULL_ROUTE, body, within=self.params.push_pull_timeout
+            )
+        except PeerError as exc:
             self.stats.push_pull_failed += 1
-            logger.debug("node=%s peer=%s push/pull failed: %r", self.name, out.address, exc)
+            if exc.status == 401:  # the seed refused our signature
+                self.refused_by[out.address] = KEYS_DIFFER
+            logger.debug("node=%s peer=%s push/pull failed: %s", self.name, out.address, exc)
             return False
-        packet = self._check(data, MAX_PUSH_PULL) if status == 200 else f"HTTP {status}"
+        packet = self._check(data, MAX_PUSH_PULL)
         if isinstance(packet, str) or (reply := _the_push_pull(packet, reply=True)) is None:
             self.stats.push_pull_failed += 1
             why = _refusal_reason(packet, self.params.replay_window)
@@ -446,39 +337,25 @@ class Gossip:
         self._after()
         return True
 
-    async def handle_push_pull(self, request: web.Request) -> web.Response:
-        """POST /internal/gossip/pushpull: merge the caller's state, answer with ours."""
-        body = await request.read()
+    def handle_push_pull(self, body: bytes, remote: str) -> bytes:
+        """Answer a push/pull request (POST PUSH_PULL_ROUTE): merge the caller's state, reply
+        with ours. Raises the KVError to answer with when the body is refused."""
         packet = self._check(body, MAX_PUSH_PULL)
         msg = None if isinstance(packet, str) else _the_push_pull(packet, reply=False)
         if msg is None:
             self.stats.push_pull_refused += 1
             if isinstance(packet, str):
-                self._note_refused(request.remote or "unknown", packet)
+                self._note_refused(remote, packet)
             if packet == "oversized":
-                return _error(413, "BODY_TOO_LARGE", "the push/pull body is too large")
+                raise BodyTooLarge("the push/pull body is too large")
             if packet in ("auth", "stale"):
-                return _error(401, "UNAUTHORIZED", "not signed with the cluster key, or stale")
-            return _error(400, "INVALID_BODY", "not a push/pull request")
+                raise Unauthorized("not signed with the cluster key, or stale")
+            raise BadRequest("not a push/pull request", "INVALID_BODY")
         reply, out = self.membership.push_pull_reply(msg, self.clock.monotonic())
         self.stats.push_pull_served += 1
         self._dispatch(out)
         self._after()
-        return web.Response(
-            body=_encode([reply], self.key, self._now_ms()),
-            content_type="application/octet-stream",
-        )
-
-
-GOSSIP_KEY: web.AppKey[Gossip] = web.AppKey("gossip", Gossip)
-
-
-async def handle_push_pull(request: web.Request) -> web.Response:
-    """The route handler for PUSH_PULL_ROUTE: delegates to `request.app[GOSSIP_KEY]`."""
-    gossip = request.app.get(GOSSIP_KEY)
-    if gossip is None:
-        return _error(404, "NOT_FOUND", "this node runs no gossip")
-    return await gossip.handle_push_pull(request)
+        return _encode([reply], self.key, self._now_ms())
 
 
 def _the_push_pull(packet: Packet, reply: bool) -> PushPull | None:
@@ -491,22 +368,11 @@ def _the_push_pull(packet: Packet, reply: bool) -> PushPull | None:
 
 def _refusal_reason(problem: object, replay_window: float) -> str | None:
     """Why a seed's push/pull answer means it will not take us in, or None (a plain failure)."""
-    if problem in ("HTTP 401", "auth"):
+    if problem == "auth":
         return KEYS_DIFFER
     if problem == "stale":
         return f"answered with a signature more than {replay_window:.0f} s away from our clock"
     return None
-
-
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": message, "code": code}, status=status)
-
-
-def _split(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"expected host:port, got {address!r}")
-    return host.strip("[]"), int(port)
 
 
 async def _await(awaitable: Any) -> None:

@@ -1,4 +1,5 @@
-"""HTTP requests from this node to its peers (replication, snapshots, anti-entropy).
+"""The peer transport over HTTP: requests from this node to its peers (replication, snapshots,
+anti-entropy, gossip push/pull), implementing `cluster.core.ports.PeerTransport`.
 
 One aiohttp ClientSession with keep-alive connections per peer, so replication reuses a
 connection instead of opening one per batch. Every request is signed when a cluster key is set.
@@ -13,23 +14,14 @@ from collections.abc import Callable
 
 import aiohttp
 
+from cluster.core.ports import PeerError
 from cluster.net import auth
 
 logger = logging.getLogger(__name__)
 
 
-class PeerError(Exception):
-    """A request to a peer failed (network, timeout or a non-200 answer: `status`)."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 class PeerClient:
-    def __init__(
-        self, node: str, cluster_key: str | None, wall: Callable[[], float] | None = None
-    ) -> None:
+    def __init__(self, node: str, cluster_key: str | None, wall: Callable[[], float]) -> None:
         self.node = node
         self.cluster_key = cluster_key
         self._wall = wall
@@ -52,10 +44,7 @@ class PeerClient:
         if session is None:
             raise PeerError("peer client is not started")
         headers = {"Content-Type": "application/json", "X-KV-Node": self.node}
-        if self.cluster_key is not None:
-            sent_ms = int(self._wall() * 1000) if self._wall is not None else 0
-            headers[auth.TIME_HEADER] = str(sent_ms)
-            headers[auth.HEADER] = auth.signature(self.cluster_key, method, path, body, sent_ms)
+        headers |= auth.stamp(self.cluster_key, method, path, body, self._wall())
         url = f"http://{address}{path}"
         try:
             async with (

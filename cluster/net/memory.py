@@ -1,6 +1,8 @@
-"""The transport seam of gossip: a best-effort datagram `Transport`, and an in-memory network.
+"""An in-memory network: the fault model behind the simulations' twins of the transports.
 
-The real implementation (UDP through asyncio) lives in `cluster.gossip`. This module is pure: the
+The real transports are `cluster.net.udp` and `cluster.net.http_peers`; `cluster.net.simnet`
+drives this network from an event loop for the data-plane simulation, and the membership
+simulation (tests/unit/sim.py) drives it by hand. This module is pure: the
 in-memory network reads time only through the clock it is given (a FakeClock in tests), draws
 every random decision from the `random.Random` it is given, and delivers nothing by itself - the
 test harness asks for the deliveries that are due (`deliver_due`) and advances the clock to
@@ -24,18 +26,12 @@ import heapq
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:  # the protocol only: cluster.clock is the module that reads time
     from cluster.core.clock import Clock
 
 P = TypeVar("P")
-
-
-class Transport(Protocol):
-    """Sends one datagram, best effort: no error if it is lost, no retry, no ordering."""
-
-    def send(self, address: str, data: bytes) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +84,11 @@ class MemoryNetwork(Generic[P]):
         if both:
             self._links[(dst, src)] = link
 
+    def delay(self, src: str, dst: str) -> float:
+        """Seconds the next datagram (or request leg) from src to dst takes: delay + jitter."""
+        link = self.link(src, dst)
+        return link.delay + (self._rng.uniform(0.0, link.jitter) if link.jitter > 0 else 0.0)
+
     def link(self, src: str, dst: str) -> Link:
         return self._links.get((src, dst), self._default)
 
@@ -136,7 +137,7 @@ class MemoryNetwork(Generic[P]):
         if not reliable and link.drop > 0 and self._rng.random() < link.drop:
             self._dropped += 1
             return
-        delay = link.delay + (self._rng.uniform(0.0, link.jitter) if link.jitter > 0 else 0.0)
+        delay = self.delay(src, dst)
         self._seq += 1
         at = self._clock.monotonic() + delay
         heapq.heappush(self._queue, (at, self._seq, Delivery(src, dst, payload)))
@@ -166,7 +167,7 @@ class MemoryNetwork(Generic[P]):
 
 
 class MemoryTransport(Generic[P]):
-    """One endpoint's sending side; `MemoryTransport[bytes]` is a `Transport`."""
+    """One endpoint's sending side; `MemoryTransport[bytes]` is a `cluster.core.ports.Transport`."""
 
     __slots__ = ("address", "network")
 

@@ -1,53 +1,38 @@
-"""Anti-entropy and snapshots: how replicas that missed writes catch up.
+"""Anti-entropy and snapshots, the pure half: digests, the difference, the merge, the pages.
 
-- Repair: every `interval` a node compares its per-bucket digests (store.py) with a random
-  peer's. Only the buckets that differ are exchanged, both ways, through the store's one merge,
-  so the bytes sent are proportional to the difference, not to the data set. (Finding a bucket's
-  keys walks the key index in chunks, yielding between them: CPU is proportional to the data set,
-  but only on rounds that found a difference.)
-- Snapshot: a joining or restarted node pages through a peer's entries (tombstones and the
-  range tombstone included) in key order. It applies live replication meanwhile: the merge is
+- Repair: every interval a node compares its per-bucket digests (store.py) with a random peer's.
+  Only the buckets that differ are exchanged, both ways, through the store's one merge, so the
+  bytes sent are proportional to the difference, not to the data set. The store keeps each
+  bucket's entries apart, so reading a differing bucket costs its size, not the data set's.
+- Snapshot: a joining or restarted node pages through a peer's entries (tombstones and the range
+  tombstone included) in key order. It applies live replication meanwhile: the merge is
   commutative, so applying a live write before or after the snapshot chunk that holds an older
   version of the key gives the same result; no buffering is needed.
 
-Entries travel as `[key, value|null, ts, node, expires|null]`.
+The peer side of both (`digests_reply`, `exchange_reply`, `snapshot_reply`) and the merges live
+here; the requesting side, which talks to a peer, is `repair.py`. Entries travel as
+`[key, value|null, ts, node, expires|null]`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import contextlib
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 import orjson
 
+from cluster.core.cursor import encode_cursor
 from cluster.core.hlc import HybridClock
 from cluster.core.store import DIGEST_BUCKETS, Mutation, Store, Version
-from cluster.errors import ClockSkewError
-from cluster.net.http_peers import PeerClient
+from cluster.errors import ClockSkewError, DecodeError
 
 logger = logging.getLogger(__name__)
 
 DIGESTS_PATH = "/internal/ae/digests"
 EXCHANGE_PATH = "/internal/ae/exchange"
 SNAPSHOT_PATH = "/internal/snapshot"
-
-
-class DecodeError(ValueError):
-    """A malformed anti-entropy or snapshot message."""
-
-
-def _loads(raw: bytes) -> Any:
-    """Parse a peer's JSON answer; DecodeError (never anything else) if it is not JSON."""
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise DecodeError(f"the peer's answer is not JSON: {exc}") from None
 
 
 # --- wire helpers (pure) --------------------------------------------------------------------------
@@ -130,18 +115,6 @@ def diff_buckets(mine: list[int], theirs: object) -> list[int]:
     return [i for i, (a, b) in enumerate(zip(mine, theirs, strict=True)) if a != b]
 
 
-def encode_cursor(key: str) -> str:
-    return base64.urlsafe_b64encode(key.encode("utf-8", "surrogatepass")).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> str:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        return raw.decode("utf-8", "surrogatepass")
-    except ValueError as exc:
-        raise DecodeError(f"bad cursor: {exc}") from None
-
-
 # --- the two sides of a repair round ------------------------------------------------------------
 
 
@@ -151,7 +124,7 @@ def digests_reply(store: Store, stable: int = 0) -> bytes:
     return orjson.dumps({"clear": [ts, node], "digests": store.digests(), "stable": stable})
 
 
-async def exchange_reply(store: Store, hlc: HybridClock, body: bytes) -> bytes:
+def exchange_reply(store: Store, hlc: HybridClock, body: bytes) -> bytes:
     """Answer to POST /internal/ae/exchange: our entries in those buckets, then merge theirs."""
     try:
         msg = orjson.loads(body)
@@ -174,59 +147,6 @@ async def exchange_reply(store: Store, hlc: HybridClock, body: bytes) -> bytes:
     return orjson.dumps({"clear": [ts, node], "entries": encode_entries(mine), "refused": refused})
 
 
-@dataclass(frozen=True, slots=True)
-class RepairResult:
-    differing: int  # buckets that differed
-    sent: int  # entries we sent
-    received: int  # entries the peer sent
-    applied: int  # of those, how many won here
-    complete: bool  # both sides now hold everything the other sent (nothing refused for skew)
-    peer_stable: int | None = None  # the stable timestamp the peer published
-
-
-async def repair_with(
-    store: Store,
-    hlc: HybridClock,
-    client: PeerClient,
-    address: str,
-    within: float = 10.0,
-    me: str = "",
-    stable: int = 0,
-) -> RepairResult:
-    """One anti-entropy round with the peer at `address` (raises PeerError or DecodeError).
-
-    `me` and `stable` publish our stable timestamp to the peer (see replication.py).
-    """
-    path = f"{DIGESTS_PATH}?from={quote(me, safe='')}&stable={stable}"
-    raw = _loads(await client.request("GET", address, path, within=within))
-    if not isinstance(raw, dict):
-        raise DecodeError("digests reply must be an object")
-    peer_stable = raw.get("stable")
-    if not isinstance(peer_stable, int) or isinstance(peer_stable, bool):
-        peer_stable = None
-    merge_clear(store, hlc, decode_clear(raw.get("clear")))
-    differing = diff_buckets(store.digests(), raw.get("digests"))
-    if not differing:
-        return RepairResult(0, 0, 0, 0, True, peer_stable)
-    # One exchange for every differing bucket, both sides reading and merging in one step each,
-    # so that a transaction repaired here (its keys spread over many buckets) appears whole.
-    mine = store.entries_in_buckets(differing)
-    ts, node = store.clear_version
-    body = orjson.dumps(
-        {"buckets": differing, "clear": [ts, node], "entries": encode_entries(mine)}
-    )
-    reply = _loads(await client.request("POST", address, EXCHANGE_PATH, body, within))
-    if not isinstance(reply, dict):
-        raise DecodeError("exchange reply must be an object")
-    theirs = decode_entries(reply.get("entries"))
-    clear = decode_clear(reply.get("clear"))
-    merge_clear(store, hlc, clear)
-    applied, refused_here = merge_entries(store, hlc, theirs)
-    refused_there = reply.get("refused", 0)
-    complete = refused_here == 0 and refused_there == 0
-    return RepairResult(len(differing), len(mine), len(theirs), applied, complete, peer_stable)
-
-
 # --- snapshots ----------------------------------------------------------------------------------
 
 
@@ -243,44 +163,9 @@ def snapshot_reply(store: Store, after: str | None, limit: int) -> bytes:
     )
 
 
-async def pull_snapshot(
-    store: Store,
-    hlc: HybridClock,
-    client: PeerClient,
-    address: str,
-    page: int = 10_000,
-    within: float = 30.0,
-) -> int:
-    """Stream a peer's whole data set into the store, page by page; returns entries received.
-
-    The next page is requested before the current one is merged, so the peer serializes while
-    we apply: the two processes work in parallel.
-    """
-
-    async def fetch(cursor: str | None) -> dict[str, Any]:
-        path = f"{SNAPSHOT_PATH}?limit={page}" + (f"&after={cursor}" if cursor else "")
-        reply = _loads(await client.request("GET", address, path, within=within))
-        if not isinstance(reply, dict):
-            raise DecodeError("snapshot page must be an object")
-        cursor = reply.get("next")
-        if cursor is not None and not isinstance(cursor, str):
-            raise DecodeError("bad snapshot cursor")
-        return reply
-
-    received = 0
-    reply = await fetch(None)
-    while True:
-        cursor = reply.get("next")
-        pending = asyncio.create_task(fetch(cursor)) if cursor is not None else None
-        try:
-            merge_clear(store, hlc, decode_clear(reply.get("clear")))
-            entries = decode_entries(reply.get("entries"))
-            merge_entries(store, hlc, entries)
-            received += len(entries)
-        except BaseException:
-            if pending is not None:
-                pending.cancel()
-            raise
-        if pending is None:
-            return received
-        reply = await pending
+def loads(raw: bytes) -> Any:
+    """Parse a peer's JSON; DecodeError (never anything else) if it is not JSON."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"the peer's answer is not JSON: {exc}") from None

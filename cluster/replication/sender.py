@@ -1,20 +1,21 @@
-"""Replication of local writes to every peer, and the merge of writes from peers.
+"""Replication of local writes to every peer: the per-peer sender tasks and sync acknowledgement.
 
-Outbound, each peer has a `PeerLink`: a FIFO queue of batches and one request in flight. Under
-load the queue fills while a request is out, so the next request carries many batches (batching
-by back-pressure, as Kafka producers do); when idle each write goes out at once. A peer that does
-not answer keeps a bounded queue (the hints) that is retried with backoff; past the bound, or
-when the peer is declared dead, the hints are dropped and anti-entropy repairs the difference.
+Outbound, each peer has a `PeerLink`: a FIFO queue of batches (`links.LinkQueue`) and one request
+in flight. Under load the queue fills while a request is out, so the next request carries many
+batches (batching by back-pressure, as Kafka producers do); when idle each write goes out at once. A
+peer that does not answer keeps a bounded queue (the hints) that is retried with jittered backoff;
+past the bound, or when the peer is declared dead, the hints are dropped and anti-entropy repairs
+the difference.
 
 In `sync` mode the client's answer waits until every live peer acknowledged the batch or the
 replication timeout passed (the write stays applied here; the missing peers get it later).
 
-Tombstone purging needs proof that every member has a tombstone. Each link is FIFO, so when a
-peer acknowledges a request it has every earlier batch of ours: `acked_upto` is the greatest
-timestamp of ours the peer is known to hold everything up to. A node's `stable` timestamp is the
-minimum over its members of that (its own last timestamp for peers with nothing pending); nodes
-publish it with every replication request, and a tombstone older than the minimum of all members'
-stable timestamps is on every member (`purge_watermark`).
+Tombstone purging needs proof that every member has a tombstone. A node's `stable` timestamp is the
+minimum over its members of what each link proves (`LinkQueue.stable`; its own last timestamp for
+peers with nothing pending); nodes publish it with every replication request, and a tombstone older
+than the minimum of all members' stable timestamps is on every member (`purge_watermark`).
+
+Peers are reached only through a `PeerTransport`, so the simulation runs this very code.
 """
 
 from __future__ import annotations
@@ -22,116 +23,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
+import random
 from collections.abc import Iterable
-from dataclasses import dataclass
 
-import orjson
-
+from cluster.core.backoff import backoff
 from cluster.core.hlc import HybridClock
 from cluster.core.kv import Batch
-from cluster.core.store import Mutation, Store
-from cluster.errors import ClockSkewError
-from cluster.net.http_peers import PeerClient, PeerError
+from cluster.core.ports import PeerError, PeerTransport
+from cluster.core.store import Store
+from cluster.errors import DecodeError
+from cluster.replication.links import LinkQueue
+from cluster.replication.wire import (
+    REPLICATE_PATH,
+    apply_batches,
+    decode_batches,
+    encode_batches,
+    refused_of,
+)
 
 logger = logging.getLogger(__name__)
-
-REPLICATE_PATH = "/internal/replicate"
-WIRE_VERSION = 1
-
-
-class DecodeError(ValueError):
-    """A replication body that is not one this version understands."""
-
-
-# --- wire format (pure) ---------------------------------------------------------------------------
-# {"v": 1, "from": name, "stable": ts, "batches": [[ts, node, clear, [[key, value|null,
-#  expires|null], ...]], ...]}: lists, not objects, because a busy link sends thousands per request.
-
-
-def encode_batches(sender: str, stable: int, batches: Iterable[Batch]) -> bytes:
-    return orjson.dumps(
-        {
-            "v": WIRE_VERSION,
-            "from": sender,
-            "stable": stable,
-            "batches": [
-                [b.ts, b.node, b.clear, [[m.key, m.value, m.expires] for m in b.mutations]]
-                for b in batches
-            ],
-        }
-    )
-
-
-def decode_batches(body: bytes) -> tuple[str, int, list[Batch]]:
-    """Parse and check a replication body; DecodeError on anything malformed."""
-    try:
-        msg = orjson.loads(body)
-        if not isinstance(msg, dict) or msg.get("v") != WIRE_VERSION:
-            raise DecodeError("not a replication message of version 1")
-        sender, stable, raw = msg["from"], msg["stable"], msg["batches"]
-        if not isinstance(sender, str) or not isinstance(stable, int) or not isinstance(raw, list):
-            raise DecodeError("bad header fields")
-        batches = []
-        for ts, node, clear, muts in raw:
-            if not (isinstance(ts, int) and ts >= 0 and isinstance(node, str) and node):
-                raise DecodeError("bad batch timestamp or node")
-            mutations = []
-            for key, value, expires in muts:
-                if not isinstance(key, str) or not key:
-                    raise DecodeError("bad key")
-                if value is not None and not isinstance(value, str):
-                    raise DecodeError("bad value")
-                if expires is not None and not isinstance(expires, int | float):
-                    raise DecodeError("bad expiry")
-                mutations.append(Mutation(key, value, ts, node, expires))
-            batches.append(Batch(ts, node, tuple(mutations), bool(clear)))
-        return sender, stable, batches
-    except DecodeError:
-        raise
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise DecodeError(f"malformed replication body: {exc}") from None
-
-
-def refused_of(reply: bytes) -> set[int]:
-    """The timestamps of the batches a peer's reply says it refused."""
-    try:
-        msg = orjson.loads(reply)
-        refused = msg.get("refused", []) if isinstance(msg, dict) else None
-    except orjson.JSONDecodeError:
-        refused = None
-    if not isinstance(refused, list) or not all(isinstance(t, int) for t in refused):
-        raise DecodeError("a replication reply must be {'applied': n, 'refused': [ts, ...]}")
-    return set(refused)
-
-
-def apply_batches(
-    store: Store, hlc: HybridClock, batches: Iterable[Batch]
-) -> tuple[int, list[int]]:
-    """Merge remote batches into the store; returns (applied mutations, refused batches' ts).
-
-    A batch whose timestamp is further ahead than the maximum clock offset is refused and
-    logged: adopting it would drag this node's clock into the future. The sender is told which,
-    so that it neither counts them as replicated nor as acknowledged for tombstone purging. No
-    await in here, so every batch (a transaction) becomes visible all at once.
-    """
-    applied = 0
-    refused: list[int] = []
-    for b in batches:
-        try:
-            hlc.observe(b.ts)
-        except ClockSkewError as exc:
-            refused.append(b.ts)
-            logger.warning("refused a batch from node=%s: %s", b.node, exc)
-            continue
-        if b.clear:
-            applied += store.apply_clear(b.ts, b.node)
-        for m in b.mutations:
-            applied += store.apply(m.key, m.value, m.ts, m.node, m.expires)
-    return applied, refused
-
-
-# --- outbound ------------------------------------------------------------------------------------
 
 
 class AckGroup:
@@ -159,26 +69,22 @@ class AckGroup:
             self.future.set_result(None)
 
 
-@dataclass(slots=True)
-class _Item:
-    batch: Batch
-    waiter: AckGroup | None
-
-
 class PeerLink:
-    """Outbound replication to one peer: FIFO, one request in flight, bounded hints."""
+    """Outbound replication to one peer: the task that moves its queue's head, one request at a
+    time, and retries with backoff."""
 
-    def __init__(self, replicator: Replicator, name: str, address: str) -> None:
+    def __init__(self, replicator: Replicator, name: str, address: str, state: LinkQueue) -> None:
         self.r = replicator
         self.name = name
         self.address = address
-        self.queue: deque[_Item] = deque()
-        self.queued_mutations = 0
-        self.acked_upto = 0  # every batch of ours with ts <= this is on the peer
-        self.lost_since: int | None = None  # ts of the first batch dropped (hints overflow)
-        self.failures = 0
+        self.state = state
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def failing(self) -> bool:
+        """The last request failed: the peer is probably down (see `Replicator.replicate`)."""
+        return self.state.failures > 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"replicate->{self.name}")
@@ -189,65 +95,26 @@ class PeerLink:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        self.drop_all()
+        self.state.drop_all()
 
     def enqueue(self, batch: Batch, waiter: AckGroup | None) -> None:
-        size = max(1, len(batch.mutations))
-        if self.queued_mutations + size > self.r.max_hints:
-            # The peer is too far behind: drop the hints; anti-entropy takes over.
+        if not self.state.enqueue(batch, waiter):
             logger.warning(
-                "node=%s peer=%s hint queue full (%d writes): dropping it, anti-entropy repairs",
+                "node=%s peer=%s hint queue full: dropped it, anti-entropy repairs",
                 self.r.node,
                 self.name,
-                self.queued_mutations,
             )
-            self.drop_all()
-            self.lost_since = batch.ts if self.lost_since is None else self.lost_since
-            if waiter is not None:
-                waiter.ack(False)
             return
-        self.queue.append(_Item(batch, waiter))
-        self.queued_mutations += size
         self._wakeup.set()
 
-    def drop_all(self) -> None:
-        if self.queue and self.lost_since is None:
-            self.lost_since = self.queue[0].batch.ts
-        while self.queue:
-            item = self.queue.popleft()
-            if item.waiter is not None:
-                item.waiter.ack(False)
-        self.queued_mutations = 0
-
-    def stable(self, last: int) -> int:
-        """Greatest ts such that every batch of ours up to it is known to be on this peer."""
-        if self.lost_since is not None:
-            return min(self.acked_upto, self.lost_since - 1)
-        if not self.queue:
-            return max(self.acked_upto, last)
-        return max(self.acked_upto, self.queue[0].batch.ts - 1)
-
-    def repaired(self, upto: int) -> None:
-        """Anti-entropy pushed everything we held at `upto` to this peer."""
-        if self.lost_since is not None and self.lost_since <= upto:
-            self.lost_since = None
-        self.acked_upto = max(self.acked_upto, upto if not self.queue else self.acked_upto)
-
     async def _run(self) -> None:
-        r = self.r
+        r, state = self.r, self.state
         while True:
-            if not self.queue:
+            if not state.queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            # Take what is queued, up to a bound, as one request.
-            items: list[_Item] = []
-            count = 0
-            for item in self.queue:
-                items.append(item)
-                count += max(1, len(item.batch.mutations))
-                if count >= r.max_request_mutations:
-                    break
+            items = state.take(r.max_request_mutations)
             body = encode_batches(r.node, r.stable(), (i.batch for i in items))
             try:
                 reply = await r.client.request(
@@ -255,29 +122,13 @@ class PeerLink:
                 )
                 refused = refused_of(reply)
             except (PeerError, DecodeError) as exc:
-                self.failures += 1
+                state.failures += 1
                 r.failed_requests += 1
-                delay = min(r.retry_max, r.retry_base * 2 ** min(self.failures, 10))
                 logger.debug("node=%s peer=%s replication failed: %s", r.node, self.name, exc)
-                await asyncio.sleep(delay)
+                await asyncio.sleep(backoff(state.failures, r.retry_base, r.retry_max, r.rng))
                 continue
-            self.failures = 0
             r.sent_requests += 1
-            for sent in items:
-                # The queue may have been dropped meanwhile (peer died); only pop what we sent.
-                if not self.queue or self.queue[0] is not sent:
-                    break
-                done = self.queue.popleft()
-                self.queued_mutations -= max(1, len(done.batch.mutations))
-                ok = done.batch.ts not in refused
-                if ok:
-                    self.acked_upto = max(self.acked_upto, done.batch.ts)
-                elif self.lost_since is None or done.batch.ts < self.lost_since:
-                    # The peer refused it (our clock is too far ahead of its own): it does not
-                    # hold it, so our stable point stays below it until a repair succeeds.
-                    self.lost_since = done.batch.ts
-                if done.waiter is not None:
-                    done.waiter.ack(ok)
+            state.delivered(items, refused)
 
 
 class Replicator:
@@ -288,8 +139,9 @@ class Replicator:
         node: str,
         store: Store,
         hlc: HybridClock,
-        client: PeerClient,
+        client: PeerTransport,
         *,
+        rng: random.Random | None = None,
         sync: bool = True,
         timeout: float = 2.0,
         max_hints: int = 100_000,
@@ -307,6 +159,7 @@ class Replicator:
         self.max_request_mutations = max_request_mutations
         self.retry_base = retry_base
         self.retry_max = retry_max
+        self.rng = rng if rng is not None else random.Random(0)
         self.links: dict[str, PeerLink] = {}
         # Members that are down (dead, suspect-too-long) still count for tombstone purging.
         self.frozen_stable: dict[str, int] = {}
@@ -325,12 +178,11 @@ class Replicator:
             return
         if link is not None:
             asyncio.get_running_loop().create_task(link.stop())
-        link = PeerLink(self, name, address)
         # A new peer (a joiner streaming its snapshot) or one coming back after being down does
         # not hold our earlier writes on the strength of this link: until an anti-entropy round
         # with it completes, our stable point (and so tombstone purging) stays where it was.
-        link.acked_upto = self.frozen_stable.pop(name, 0)
-        link.lost_since = link.acked_upto + 1
+        acked = self.frozen_stable.pop(name, 0)
+        link = PeerLink(self, name, address, LinkQueue(self.max_hints, acked, acked + 1))
         self.links[name] = link
         link.start()
         logger.info("node=%s peer=%s replicating to %s", self.node, name, address)
@@ -341,10 +193,14 @@ class Replicator:
         if link is not None:
             await link.stop()
             if not forget:
-                self.frozen_stable[name] = link.stable(self.hlc.last)
+                self.frozen_stable[name] = link.state.stable(self.hlc.last)
         if forget:
             self.frozen_stable.pop(name, None)
             self.peer_stable.pop(name, None)
+
+    def has_peers(self) -> bool:
+        """Must a write be handed to replication at all? Not in a mesh of one."""
+        return bool(self.links)
 
     async def close(self) -> None:
         for name in list(self.links):
@@ -365,13 +221,13 @@ class Replicator:
                 link.enqueue(batch, None)
             return 1, 1 + len(links)
         loop = asyncio.get_running_loop()
-        waiting = [link for link in links if not link.failures]
+        waiting = [link for link in links if not link.failing]
         group = AckGroup(loop, len(waiting))
         for link in links:
             # A link whose last request failed (refused, reset, timed out) is probably down and
             # about to be declared dead: queue the write as a hint, but do not make every client
             # wait the full timeout for it meanwhile; X-Replicas shows the shortfall.
-            link.enqueue(batch, group if not link.failures else None)
+            link.enqueue(batch, group if not link.failing else None)
         if group.pending > 0:
             timer = loop.call_later(self.timeout, group.expire)
             try:
@@ -386,7 +242,7 @@ class Replicator:
         last = self.hlc.last
         s = last
         for link in self.links.values():
-            s = min(s, link.stable(last))
+            s = min(s, link.state.stable(last))
         for frozen in self.frozen_stable.values():
             s = min(s, frozen)
         return s
@@ -426,9 +282,12 @@ class Replicator:
             self.peer_stable[sender] = max(stable, self.peer_stable.get(sender, 0))
 
     def stats(self) -> dict[str, float]:
+        """Counters and gauges for /metrics, named replication_* (see cluster.api.metrics)."""
         return {
             "replication_peers": len(self.links),
-            "replication_queued_writes": sum(link.queued_mutations for link in self.links.values()),
+            "replication_queued_writes": sum(
+                link.state.queued_mutations for link in self.links.values()
+            ),
             "replication_sent_requests": self.sent_requests,
             "replication_failed_requests": self.failed_requests,
             "replication_received_batches": self.received_batches,

@@ -38,9 +38,10 @@ from cluster.core.kv import Batch
 from cluster.core.store import Mutation
 from cluster.membership.messages import Alive
 from cluster.net import auth
-from cluster.net.http_peers import PeerError
-from cluster.replication import antientropy
-from cluster.replication import sender as replication
+from cluster.core.ports import PeerError
+from cluster.errors import DecodeError
+from cluster.replication import repair
+from cluster.replication import wire as replication
 
 T0 = 1_800_000_000.0
 
@@ -127,9 +128,9 @@ async def test_a_delete_refused_for_skew_must_not_let_the_key_resurrect(
     # Time passes; b keeps writing (its replication requests publish its stable timestamp).
     advance(1.0, a, b)
     assert (await b.client.put("/keys/other", json={"value": "x"})).status == 200
-    a.node.store.purge_tombstones(a.node.purge_watermark())
-    await a.node.repair_once()  # anti-entropy between the two
-    await b.node.repair_once()
+    a.node.store.purge_tombstones(a.node.lifecycle.purge_watermark())
+    await a.node.lifecycle.repair_once()  # anti-entropy between the two
+    await b.node.lifecycle.repair_once()
     assert a.value("k") is None, "the deleted key came back on the node that deleted it"
     assert b.value("k") is None
 
@@ -155,7 +156,7 @@ async def test_a_replayed_replication_body_cannot_resurrect_a_purged_delete(
     assert (await a.client.delete("/keys/k")).status == 200
     advance(1.0, a)
     assert (await a.client.put("/keys/later", json={"value": "x"})).status == 200
-    assert a.node.store.purge_tombstones(a.node.purge_watermark()) == 1
+    assert a.node.store.purge_tombstones(a.node.lifecycle.purge_watermark()) == 1
     # Inside the replay window the signature is valid, but the write is older than the purged
     # tombstone: the store refuses it and counts it.
     replay = await a.client.post(replication.REPLICATE_PATH, data=body, headers=headers)
@@ -164,10 +165,10 @@ async def test_a_replayed_replication_body_cannot_resurrect_a_purged_delete(
     assert a.node.store.refused_stale == 1
     # Past the window the signed time itself is refused, and counted.
     advance(auth.REPLAY_WINDOW + 1, a)
-    before = a.node.internal.rejected_unauthenticated
+    before = a.node.peer_service.rejected_unauthenticated
     late = await a.client.post(replication.REPLICATE_PATH, data=body, headers=headers)
     assert late.status == 401
-    assert a.node.internal.rejected_unauthenticated == before + 1
+    assert a.node.peer_service.rejected_unauthenticated == before + 1
     assert a.value("k") is None
 
 
@@ -183,9 +184,9 @@ async def test_a_peer_answering_garbage_fails_one_anti_entropy_round_not_all(
     await server.start_server()
     try:
         a.node.replicator.peer_up("b", f"127.0.0.1:{server.port}")
-        result = await a.node.repair_once()  # must count a failed round, not raise
+        result = await a.node.lifecycle.repair_once()  # must count a failed round, not raise
         assert result is None
-        assert a.node.repair_failures == 1
+        assert a.node.lifecycle.repair_failures == 1
     finally:
         await a.node.replicator.close()
         await server.close()
@@ -204,9 +205,9 @@ async def test_a_snapshot_from_a_peer_answering_garbage_is_a_peer_failure(
     server = TestServer(impostor)
     await server.start_server()
     try:
-        with pytest.raises((PeerError, antientropy.DecodeError)):
-            await antientropy.pull_snapshot(
-                a.node.store, a.node.hlc, a.node.client, f"127.0.0.1:{server.port}"
+        with pytest.raises((PeerError, DecodeError)):
+            await repair.pull_snapshot(
+                a.node.store, a.node.hlc, a.node.peers, f"127.0.0.1:{server.port}"
             )
     finally:
         await server.close()
@@ -225,15 +226,15 @@ async def test_a_joiner_does_not_become_ready_from_a_peer_that_is_still_syncing(
     for i in range(3):
         assert (await a.client.put(f"/keys/k{i}", json={"value": str(i)})).status == 200
     r = await make_member("r", T0)  # restarted a moment ago: one page of a's data so far
-    r.node.ready = False
+    r.node.lifecycle.ready = False
     entry = a.node.store.entry("k0")
     assert entry is not None
     r.node.store.apply("k0", entry.value, entry.ts, entry.node)
     j = await make_member("j", T0)  # restarted too; its gossip found r first
     knows(j, "r", r.address)
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(j.node.sync(), 1.0)
-    assert not j.node.ready or j.value("k2") == "2", "j serves with a third of the data"
+        await asyncio.wait_for(j.node.lifecycle.sync(), 1.0)
+    assert not j.node.lifecycle.ready or j.value("k2") == "2", "j serves with a third of the data"
 
 
 async def test_a_joiner_whose_snapshots_all_fail_does_not_serve(make_member: MakeMember) -> None:
@@ -245,8 +246,8 @@ async def test_a_joiner_whose_snapshots_all_fail_does_not_serve(make_member: Mak
         j = await make_member("j", T0)
         knows(j, "peer", f"127.0.0.1:{server.port}")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(j.node.sync(), 1.0)
-        assert not j.node.ready, "j serves clients although it streamed no snapshot"
+            await asyncio.wait_for(j.node.lifecycle.sync(), 1.0)
+        assert not j.node.lifecycle.ready, "j serves clients although it streamed no snapshot"
     finally:
         await server.close()
 

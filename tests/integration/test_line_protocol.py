@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cluster.api.line.server import LineConnection, LineServer, start_line_server
+from cluster.api.ports import Writes
 from cluster.app import Node, build_app
 from cluster.config import Config
 from cluster.core.clock import FakeClock
@@ -119,10 +120,15 @@ class GatedNode(Node):
         return 3, 3
 
 
+def _writes(node: Node) -> Writes:
+    """A GatedNode stands in for the mesh; any other node replicates as wired."""
+    return node if isinstance(node, GatedNode) else node.replicator
+
+
 @asynccontextmanager
 async def serving(node: Node | None = None, **overrides: Any) -> AsyncIterator[Env]:
     node = node if node is not None else Node(Config.for_tests(**overrides), clock=FakeClock())
-    server = await start_line_server(node, "127.0.0.1", 0)
+    server = await start_line_server(node.make_line_server(_writes(node)), "127.0.0.1", 0)
     env = Env(node, server)
     try:
         yield env
@@ -273,7 +279,7 @@ async def scenario_overlong_line(env: Env) -> None:
         "skipped to the next newline",
     }
     assert await client.reply() == result("1")
-    assert len(env.connection().partial) == 0
+    assert len(env.connection().framer.partial) == 0
 
 
 async def scenario_invalid_utf8(env: Env) -> None:
@@ -439,7 +445,7 @@ async def test_overlong_line_in_pieces_keeps_memory_bounded(chunk: int) -> None:
             client.writer.write(b"y" * chunk)
             await client.writer.drain()
             sent += chunk
-            assert len(conn.partial) <= 64 * 1024
+            assert len(conn.framer.partial) <= 64 * 1024
         error = await client.reply()  # before the newline was sent
         assert error["status"] == "Error"
         assert "longer than 65536 bytes" in error["mesg"]
@@ -616,7 +622,7 @@ async def test_a_client_that_half_closes_during_replication_gets_every_reply(
 @WRITE_MODES
 async def test_server_close_waits_for_pending_writes_then_closes_clients(write_mode: str) -> None:
     node = GatedNode(Config.for_tests(write_mode=write_mode), FakeClock())
-    server = await start_line_server(node, "127.0.0.1", 0)
+    server = await start_line_server(node.make_line_server(_writes(node)), "127.0.0.1", 0)
     port = server.port
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     client = Client(reader, writer)
@@ -636,7 +642,7 @@ async def test_server_close_waits_for_pending_writes_then_closes_clients(write_m
 @WRITE_MODES
 async def test_server_close_cancels_replication_stuck_past_the_grace(write_mode: str) -> None:
     node = GatedNode(Config.for_tests(write_mode=write_mode), FakeClock())
-    server = await start_line_server(node, "127.0.0.1", 0)
+    server = await start_line_server(node.make_line_server(_writes(node)), "127.0.0.1", 0)
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     client = Client(reader, writer)
     await client.send("PUT a 1", "GET a")

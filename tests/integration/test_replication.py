@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from cluster.app import Node, build_app
 from cluster.config import Config
-from cluster.replication import antientropy
+from cluster.replication import repair
 
 
 @dataclass
@@ -104,7 +104,7 @@ async def test_conflicting_writes_converge_to_the_greatest_version(make_mesh: Ma
     await b.client.put("/keys/k", json={"value": "from-b"})
     a.node.replicator.peer_up(b.name, b.address)
     b.node.replicator.peer_up(a.name, a.address)
-    await a.node.repair_once()
+    await a.node.lifecycle.repair_once()
     ea, eb = a.node.store.entry("k"), b.node.store.entry("k")
     assert ea is not None
     assert eb is not None
@@ -130,7 +130,7 @@ async def test_unreachable_peer_gets_hints_when_it_comes_back(make_mesh: MakeMes
     a.node.replicator.peer_up("late", f"127.0.0.1:{port}")
     resp = await a.client.put("/keys/k", json={"value": "v"})
     assert resp.headers["X-Replicas"] == "1/2"
-    assert a.node.replicator.links["late"].queued_mutations == 1
+    assert a.node.replicator.links["late"].state.queued_mutations == 1
     b_server = TestServer(build_app(b_node), port=port)
     await b_server.start_server()
     try:
@@ -147,7 +147,7 @@ async def test_anti_entropy_repairs_writes_replication_missed(make_mesh: MakeMes
         a.node.store.apply(f"miss-{i}", f"v{i}", ts, a.name)
     ts = b.node.hlc.now()
     b.node.store.apply("only-b", "b", ts, b.name)
-    result = await a.node.repair_once()
+    result = await a.node.lifecycle.repair_once()
     assert result is not None
     assert result.complete
     assert result.sent == 500
@@ -155,7 +155,7 @@ async def test_anti_entropy_repairs_writes_replication_missed(make_mesh: MakeMes
     assert value(b, "miss-499") == "v499"
     assert value(a, "only-b") == "b"
     assert a.node.store.digests() == b.node.store.digests()
-    again = await a.node.repair_once()
+    again = await a.node.lifecycle.repair_once()
     assert again is not None
     assert again.differing == 0
 
@@ -164,9 +164,7 @@ async def test_snapshot_streams_everything_including_tombstones(make_mesh: MakeM
     a, b = await make_mesh(2, wire=False)
     await a.client.put("/keys", json={f"k{i:05d}": str(i) for i in range(12_000)})
     await a.client.delete("/keys/k00007")
-    got = await antientropy.pull_snapshot(
-        b.node.store, b.node.hlc, b.node.client, a.address, page=5_000
-    )
+    got = await repair.pull_snapshot(b.node.store, b.node.hlc, b.node.peers, a.address, page=5_000)
     assert got == 12_000  # 11,999 values and one tombstone
     assert len(b.node.store) == 11_999
     assert b.node.store.entry("k00007") is not None  # the tombstone came too
@@ -181,15 +179,15 @@ async def test_cluster_key_refuses_unsigned_replication(make_mesh: MakeMesh) -> 
     await stranger.client.start()
     try:
         stranger.replicator.peer_up(a.name, a.address)
-        acked, expected = await stranger.replicate(stranger.kv.set("evil", "x"))
+        acked, expected = await stranger.replicator.replicate(stranger.kv.set("evil", "x"))
         assert (acked, expected) == (1, 2)
         with pytest.raises(Exception, match="401"):
-            await antientropy.repair_with(stranger.store, stranger.hlc, stranger.client, a.address)
+            await repair.repair_with(stranger.store, stranger.hlc, stranger.peers, a.address)
     finally:
         await stranger.replicator.close()
         await stranger.client.close()
     assert value(a, "evil") is None
-    assert a.node.internal.rejected_unauthenticated >= 2
+    assert a.node.peer_service.rejected_unauthenticated >= 2
     assert value(b, "ok") == "signed"
 
 
@@ -216,7 +214,7 @@ async def test_a_repaired_transaction_appears_whole(make_mesh: MakeMesh) -> None
 
     task = asyncio.create_task(reader())
     b.node.replicator.peer_up(a.name, a.address)
-    result = await b.node.repair_once()
+    result = await b.node.lifecycle.repair_once()
     done.set()
     await task
     assert result is not None
@@ -229,13 +227,13 @@ async def test_anti_entropy_publishes_stable_timestamps_for_purging(make_mesh: M
     await a.client.put("/keys/k", json={"value": "v"})
     await a.client.delete("/keys/k")
     # b never wrote anything, so only anti-entropy tells a how far b is stable.
-    await a.node.repair_once()
-    await b.node.repair_once()
+    await a.node.lifecycle.repair_once()
+    await b.node.lifecycle.repair_once()
     await a.client.put("/keys/later", json={"value": "x"})  # moves the stable point past the delete
-    await b.node.repair_once()
-    await a.node.repair_once()
-    assert a.node.purge_watermark() > a.node.store.entry("k").ts
-    assert a.node.store.purge_tombstones(a.node.purge_watermark()) == 1
+    await b.node.lifecycle.repair_once()
+    await a.node.lifecycle.repair_once()
+    assert a.node.lifecycle.purge_watermark() > a.node.store.entry("k").ts
+    assert a.node.store.purge_tombstones(a.node.lifecycle.purge_watermark()) == 1
 
 
 async def test_a_failing_peer_does_not_stall_every_sync_write(make_mesh: MakeMesh) -> None:
@@ -245,11 +243,14 @@ async def test_a_failing_peer_does_not_stall_every_sync_write(make_mesh: MakeMes
     port = server.port
     await server.close()  # a crashed peer: connections are refused
     a.node.replicator.peer_up("gone", f"127.0.0.1:{port}")
-    first = asyncio.create_task(a.node.replicate(a.node.kv.set("k1", "v")))
-    await eventually(lambda: a.node.replicator.links["gone"].failures > 0)
+    first = asyncio.create_task(a.node.replicator.replicate(a.node.kv.set("k1", "v")))
+    await eventually(lambda: a.node.replicator.links["gone"].state.failures > 0)
     # Once its link fails, later writes queue a hint for it without waiting the timeout.
-    assert await asyncio.wait_for(a.node.replicate(a.node.kv.set("k2", "v")), 2.0) == (1, 2)
-    assert a.node.replicator.links["gone"].queued_mutations == 2
+    assert await asyncio.wait_for(a.node.replicator.replicate(a.node.kv.set("k2", "v")), 2.0) == (
+        1,
+        2,
+    )
+    assert a.node.replicator.links["gone"].state.queued_mutations == 2
     first.cancel()
 
 
@@ -263,7 +264,7 @@ async def test_a_new_peer_holds_nothing_of_ours_until_a_repair_confirms_it(
     await a.client.put("/keys/k", json={"value": "v"})
     a.node.replicator.peer_up(b.name, b.address)
     assert a.node.replicator.stable() == 0
-    result = await a.node.repair_once()
+    result = await a.node.lifecycle.repair_once()
     assert result is not None
     assert result.complete
     assert a.node.replicator.stable() >= a.node.store.entry("k").ts

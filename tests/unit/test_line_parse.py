@@ -8,15 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cluster.api.line.server import (
-    OK,
-    Command,
-    Reply,
-    Session,
-    error_reply,
-    ok_result,
-    parse_line,
-)
+from cluster.api.line.grammar import OK, Command, error_reply, ok_result, parse_line
+from cluster.api.line.session import Reply, Session
 from cluster.app import Node
 from cluster.config import Config
 from cluster.core.clock import FakeClock

@@ -7,7 +7,8 @@ import random
 import pytest
 
 from cluster.core.clock import FakeClock
-from cluster.net.memory import Link, MemoryNetwork, MemoryTransport, Transport
+from cluster.core.ports import Transport
+from cluster.net.memory import Link, MemoryNetwork, MemoryTransport
 
 
 def _net(seed: int = 1, link: Link | None = None) -> tuple[FakeClock, MemoryNetwork[str]]:

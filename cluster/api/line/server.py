@@ -1,22 +1,9 @@
-"""The line protocol: one command a line over TCP, one JSON reply a line, in request order.
-
-Three layers, from pure to IO:
-
-- `parse_line(bytes) -> Command | KVError`: the grammar, with no state and no IO. It never raises;
-  a malformed line comes back as the error to answer with.
-- `Session`: one connection's transaction state and the execution of commands against `KV`, with
-  no IO and no await. `execute` returns the reply and, for a write, the `Batch` the IO layer must
-  replicate before it sends the reply. The transaction rules are redis `multi.c`'s: START cannot
-  nest, COMMIT/ROLLBACK need an open transaction, COMMIT applies the queue with one
-  `KV.write_many` call (one HLC timestamp, no await between the writes), and a command rejected
-  inside a transaction dooms it (COMMIT then answers an Error and applies nothing, as EXECABORT).
-- `LineConnection` (an `asyncio.Protocol`) and `LineServer`: framing, ordering, replication,
-  back-pressure and timeouts.
+"""The line protocol's IO: the asyncio protocol of one connection, and the listening server.
 
 Ordering. Replies leave in request order so clients may pipeline. While nothing is pending a
 connection runs every command synchronously inside `data_received` and answers the whole chunk
 with one `write`. A write (PUT, DEL, COMMIT) is applied to the store at its place in the order,
-then its batch must go through `await node.replicate(batch)` (in sync mode that waits for the
+then its batch must go through `await writes.replicate(batch)` (in sync mode that waits for the
 peers) before its Ok is sent: the connection starts one drain task for it, and every command that
 arrives meanwhile is queued behind it (reads included: a read behind a pending write waits for
 it). The drain task then runs the queue in order, awaiting each write's replication, and ends
@@ -26,13 +13,8 @@ suspend (a mesh of one) costs a plain call inside it. In async write mode, where
 queues the batch, the connection runs `replicate` inline up to its first suspension and needs no
 task at all unless it does suspend (measured: about 5 us less per unpipelined write).
 
-Atomicity on this node. `Session.execute` never awaits, so a COMMIT's writes land between two
-commands of any other connection, and the GETs of one chunk that a connection runs synchronously
-see either all of a COMMIT or none of it.
-
-Errors. `error_reply` is the one place a `KVError` becomes a line; malformed input never closes
-the connection: a line longer than `line_max_bytes` is answered when the limit is crossed and
-the rest of it is skipped up to the next newline, so memory stays bounded.
+Atomicity on this node. `Session.execute` never awaits, so the GETs of one chunk that a connection
+runs synchronously see either all of a COMMIT or none of it.
 """
 
 from __future__ import annotations
@@ -42,252 +24,29 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Coroutine, Generator
-from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, cast
+from dataclasses import dataclass
+from typing import Any, Final, cast
 
-import orjson
-
+from cluster.api.line.framer import LineFramer
+from cluster.api.line.grammar import OK, Command, error_reply, parse_line
+from cluster.api.line.session import Session
+from cluster.api.metrics import Metrics
+from cluster.api.ports import Writes
 from cluster.core.kv import KV, Batch
-from cluster.errors import BadRequest, Internal, KVError, NotFound
-
-if TYPE_CHECKING:
-    from cluster.app import Node
+from cluster.errors import BadRequest, Internal, KVError
 
 logger = logging.getLogger(__name__)
 
-Op = Literal["PUT", "GET", "DEL", "START", "COMMIT", "ROLLBACK"]
 
+@dataclass(frozen=True, slots=True)
+class LineOptions:
+    """The protocol's limits (from Config) and whether writes are acknowledged once local."""
 
-class Command(NamedTuple):
-    """One parsed line. `key` and `value` are "" where the command takes none."""
+    eager: bool  # async write mode: replication is not awaited before the Ok
+    txn_max_writes: int
+    max_line: int
+    idle_timeout: float
 
-    op: Op
-    key: str = ""
-    value: str = ""
-
-
-_OPS: Final[dict[str, Op]] = {
-    "PUT": "PUT",
-    "GET": "GET",
-    "DEL": "DEL",
-    "START": "START",
-    "COMMIT": "COMMIT",
-    "ROLLBACK": "ROLLBACK",
-}
-_BARE: Final[dict[Op, Command]] = {
-    "START": Command("START"),
-    "COMMIT": Command("COMMIT"),
-    "ROLLBACK": Command("ROLLBACK"),
-}
-_COMMANDS = "PUT key value, GET key, DEL key, START, COMMIT or ROLLBACK"
-
-
-def _clip(text: str, limit: int = 40) -> str:
-    """A bounded quote of client input for an error message (lines may be a MiB long)."""
-    return repr(text if len(text) <= limit else text[:limit] + "...")
-
-
-def parse_line(line: bytes) -> Command | KVError:
-    """Parse one line (without its newline) into a Command, or the error to answer it with.
-
-    Pure and total: never raises. Fields are separated by runs of spaces; surrounding spaces and
-    a trailing CR are ignored; the command name is case-insensitive (ASCII only, so that Unicode
-    case folding cannot turn another word into a command). PUT's value is the rest of the line
-    after the key, surrounding spaces trimmed, and may contain spaces. Keys and values are not
-    checked against the limits here: `Session` does that with `KV.check_key` / `check_value`.
-    """
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return BadRequest(
-            f"the line is not valid UTF-8 (bad byte at offset {exc.start})", "INVALID_PARAMETER"
-        )
-    text = text.strip(" \r")
-    if not text:
-        return BadRequest(f"empty line: expected {_COMMANDS}", "INVALID_PARAMETER")
-    head, _, rest = text.partition(" ")
-    op = _OPS.get(head)
-    if op is None and head.isascii():
-        op = _OPS.get(head.upper())
-    if op is None:
-        return BadRequest(
-            f"unknown command {_clip(head)}: expected {_COMMANDS}", "INVALID_PARAMETER"
-        )
-    rest = rest.lstrip(" ")
-    if op == "PUT":
-        key, _, value = rest.partition(" ")
-        if not key:
-            return BadRequest("PUT needs a key and a value: PUT key value", "MISSING_KEY_PARAM")
-        value = value.lstrip(" ")
-        if not value:
-            return BadRequest(
-                "PUT needs a value after the key: PUT key value", "MISSING_VALUE_PARAM"
-            )
-        return Command("PUT", key, value)
-    if op == "GET" or op == "DEL":
-        if not rest:
-            return BadRequest(f"{op} needs a key: {op} key", "MISSING_KEY_PARAM")
-        if " " in rest:
-            return BadRequest(
-                f"{op} takes one key (keys cannot contain spaces): {op} key", "INVALID_PARAMETER"
-            )
-        return Command(op, rest)
-    if rest:
-        return BadRequest(f"{op} takes no arguments", "INVALID_PARAMETER")
-    return _BARE[op]
-
-
-# --- replies -------------------------------------------------------------------------------------
-
-OK: Final = b'{"status":"Ok"}\n'
-
-
-def ok_result(value: str) -> bytes:
-    return b'{"status":"Ok","result":' + orjson.dumps(value) + b"}\n"
-
-
-def error_reply(exc: KVError) -> bytes:
-    """The one place a KVError becomes a line: its human message, as HTTP shows it."""
-    return orjson.dumps({"status": "Error", "mesg": exc.message}) + b"\n"
-
-
-class TransactionStateError(BadRequest):
-    """START inside a transaction, or COMMIT/ROLLBACK outside one.
-
-    Unlike other rejected commands it leaves an open transaction usable (redis: a nested MULTI
-    is refused without flagging the transaction).
-    """
-
-
-class Reply(NamedTuple):
-    """What one command produced: the line to send and, for a write, the batch to replicate
-    before sending it."""
-
-    ok: bool
-    line: bytes
-    batch: Batch | None = None
-
-
-_OK_REPLY: Final = Reply(True, OK)
-
-
-class Session:
-    """One connection's transaction state; executes commands against KV. No IO, no await.
-
-    Outside a transaction PUT and DEL apply at once. Inside one they are buffered in `txn`
-    (key -> value, None for a delete; the last write of a key wins), GET answers from that buffer
-    first, COMMIT applies it with one `write_many` and ROLLBACK drops it. A transaction that is
-    doomed (`failed` is the reason) keeps its place until COMMIT (an Error, nothing applied) or
-    ROLLBACK, so that the writes a client pipelined after the failure are not applied one by one.
-    """
-
-    __slots__ = ("failed", "kv", "max_writes", "txn", "writes")
-
-    def __init__(self, kv: KV, max_writes: int) -> None:
-        self.kv = kv
-        self.max_writes = max_writes
-        self.txn: dict[str, str | None] | None = None
-        self.writes = 0  # PUT/DEL commands buffered in the open transaction
-        self.failed: str | None = None
-
-    @property
-    def in_transaction(self) -> bool:
-        return self.txn is not None
-
-    def execute(self, cmd: Command | KVError) -> Reply:
-        """Run one parsed line; returns the reply (and the batch to replicate, for a write)."""
-        try:
-            if isinstance(cmd, KVError):
-                raise cmd
-            return self._run(cmd)
-        except KVError as exc:
-            # A command refused inside a transaction dooms it; a plain outcome (no such key) or
-            # a misplaced START does not.
-            if (
-                self.txn is not None
-                and self.failed is None
-                and not isinstance(exc, NotFound | TransactionStateError)
-            ):
-                self._doom(f"a command in it failed: {exc.message}")
-            return Reply(False, error_reply(exc))
-
-    def _run(self, cmd: Command) -> Reply:
-        op = cmd.op
-        kv = self.kv
-        if op == "GET":
-            key = kv.check_key(cmd.key)
-            txn = self.txn
-            if txn is not None and key in txn:
-                value = txn[key]
-                if value is None:
-                    raise NotFound(f"no such key: {key}")
-                return Reply(True, ok_result(value))
-            entry = kv.get(key)
-            if entry is None or entry.value is None:
-                raise NotFound(f"no such key: {key}")
-            return Reply(True, ok_result(entry.value))
-        if op == "PUT":
-            key = kv.check_key(cmd.key)
-            value = kv.check_value(cmd.value)
-            if self.txn is not None:
-                return self._buffer(key, value)
-            return Reply(True, OK, kv.set(key, value))
-        if op == "DEL":
-            key = kv.check_key(cmd.key)
-            if self.txn is not None:
-                return self._buffer(key, None)
-            return Reply(True, OK, kv.delete(key))  # no batch when the key was missing
-        if op == "START":
-            if self.txn is not None:
-                raise TransactionStateError("a transaction is already open: START cannot nest")
-            self.txn, self.writes, self.failed = {}, 0, None
-            return _OK_REPLY
-        if op == "COMMIT":
-            txn, failed = self._end("COMMIT")
-            if failed is not None:
-                raise BadRequest(f"the transaction was aborted ({failed}); nothing was applied")
-            if not txn:
-                return _OK_REPLY
-            return Reply(True, OK, kv.write_many(txn.items()))
-        # ROLLBACK
-        self._end("ROLLBACK")
-        return _OK_REPLY
-
-    def _buffer(self, key: str, value: str | None) -> Reply:
-        txn = self.txn
-        assert txn is not None  # callers check; this narrows the type
-        if self.failed is not None:
-            raise BadRequest(
-                f"the transaction was aborted ({self.failed}); send ROLLBACK or COMMIT to end it"
-            )
-        if self.writes >= self.max_writes:
-            self._doom(f"more than {self.max_writes} writes")
-            raise BadRequest(
-                f"a transaction may buffer at most {self.max_writes} writes; it was aborted "
-                "and its writes discarded"
-            )
-        self.writes += 1
-        txn[key] = value
-        return _OK_REPLY
-
-    def _doom(self, reason: str) -> None:
-        """Mark the open transaction failed and free what it buffered."""
-        self.failed = reason
-        self.txn = {}
-
-    def _end(self, op: str) -> tuple[dict[str, str | None], str | None]:
-        txn = self.txn
-        if txn is None:
-            raise TransactionStateError(f"{op} without START: no transaction is open")
-        failed = self.failed
-        self.txn, self.writes, self.failed = None, 0, None
-        return txn, failed
-
-    def rollback(self) -> None:
-        """Drop any open transaction (the connection went away)."""
-        self.txn, self.writes, self.failed = None, 0, None
-
-
-# --- IO: the asyncio protocol and the server -----------------------------------------------------
 
 # Parsed commands a connection may hold behind a pending write before it stops reading.
 BACKLOG_MAX: Final = 4096
@@ -331,20 +90,20 @@ class LineConnection(asyncio.Protocol):
     """One client connection: framing, in-order execution, replication, flow control."""
 
     def __init__(self, server: LineServer) -> None:
-        node = server.node
+        options = server.options
         self.server = server
-        self.node = node
+        self.writes = server.writes
+        self.metrics = server.metrics
         # Async write mode acknowledges once applied here: replication need not be awaited.
-        self.eager = node.config.write_mode == "async"
-        self.name = node.config.name
-        self.session = Session(node.kv, node.config.txn_max_writes)
-        self.max_line = node.config.line_max_bytes
-        self.idle_timeout = node.config.line_idle_timeout
+        self.eager = options.eager
+        self.name = server.name
+        self.session = Session(server.kv, options.txn_max_writes)
+        self.max_line = options.max_line
+        self.framer = LineFramer(options.max_line)
+        self.idle_timeout = options.idle_timeout
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
-        self.partial = bytearray()  # an unfinished line, at most max_line bytes
-        self.discarding = False  # skipping the rest of an over-long line
         self.backlog: deque[Command | KVError] = deque()  # waiting behind `task`
         self.task: asyncio.Task[None] | None = None  # the drain task, while a write is pending
         self.out: list[bytes] = []  # replies not yet handed to the transport
@@ -373,7 +132,7 @@ class LineConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_read = self.loop.time()
-        lines, too_long = self._frame(data)
+        lines, too_long = self.framer.feed(data)
         if lines or too_long:
             try:
                 self._handle(lines, too_long)
@@ -384,9 +143,8 @@ class LineConnection(asyncio.Protocol):
         """The client finished sending: run what it sent (an unterminated last line too),
         send every reply, then close. Keeps the write side open until then."""
         self.eof = True
-        if self.partial and not self.discarding:
-            last = bytes(self.partial)
-            self.partial.clear()
+        last = self.framer.rest()
+        if last is not None:
             try:
                 self._handle([last], False)
             except Exception:
@@ -404,7 +162,7 @@ class LineConnection(asyncio.Protocol):
         self.session.rollback()
         self.backlog.clear()
         self.out.clear()
-        self.partial = bytearray()
+        self.framer.reset()
         for handle in (self.idle_handle, self.flush_handle):
             if handle is not None:
                 handle.cancel()
@@ -419,44 +177,6 @@ class LineConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         self._update_reading()
-
-    # --- framing ---------------------------------------------------------------------------------
-
-    def _frame(self, data: bytes) -> tuple[list[bytes], bool]:
-        """The complete lines in `data` after any held partial line; keeps the unfinished rest.
-
-        The flag says the unfinished rest passed the limit: it is answered after these lines,
-        where it stands in the order, and skipped up to the next newline, so at most `max_line`
-        bytes are ever held. (A complete line over the limit is caught by its length.)
-        """
-        if self.discarding:
-            nl = data.find(b"\n")
-            if nl < 0:
-                return [], False
-            self.discarding = False
-            data = data[nl + 1 :]
-        if self.partial:
-            nl = data.find(b"\n")
-            if nl < 0:
-                self.partial += data
-                if len(self.partial) > self.max_line:
-                    self.partial = bytearray()
-                    self.discarding = True
-                    return [], True
-                return [], False
-            first = bytes(self.partial) + data[:nl]
-            self.partial.clear()
-            lines = data[nl + 1 :].split(b"\n")
-            lines.insert(0, first)
-        else:
-            lines = data.split(b"\n")
-        tail = lines.pop()
-        if tail:
-            if len(tail) > self.max_line:
-                self.discarding = True
-                return lines, True
-            self.partial += tail
-        return lines, False
 
     # --- execution -------------------------------------------------------------------------------
 
@@ -475,7 +195,7 @@ class LineConnection(asyncio.Protocol):
             reply = session.execute(parsed)
             batch = reply.batch
             if batch is not None:
-                if not self.node.has_peers():
+                if not self.writes.has_peers():
                     out.append(OK)  # a mesh of one: applied here is everywhere
                     self.n_ok += 1
                     continue
@@ -511,7 +231,7 @@ class LineConnection(asyncio.Protocol):
     def _internal_error(self) -> None:
         """A bug while serving this client: log it, answer an Error, close the connection."""
         logger.exception("node=%s line client %s: internal error", self.name, self.peer)
-        self.node.metrics.internal_errors.inc()
+        self.metrics.internal_errors.inc()
         self._emit(False, error_reply(Internal("internal error; see the node's log")))
         self._close()
 
@@ -524,7 +244,7 @@ class LineConnection(asyncio.Protocol):
         order by the drain task. (Not done in sync mode: code that waits for peers may rely on
         running inside a task, as `asyncio.timeout` does.)
         """
-        coro = self.node.replicate(batch)
+        coro = self.writes.replicate(batch)
         try:
             first = coro.send(None)
         except StopIteration:
@@ -546,7 +266,7 @@ class LineConnection(asyncio.Protocol):
         session = self.session
         backlog = self.backlog
         out = self.out
-        replicate = self.node.replicate
+        replicate = self.writes.replicate
         try:
             while True:
                 if out and self.flush_handle is None:
@@ -591,7 +311,7 @@ class LineConnection(asyncio.Protocol):
         logger.exception(
             "node=%s line client %s: replication of ts=%d failed", self.name, self.peer, batch.ts
         )
-        self.node.metrics.internal_errors.inc()
+        self.metrics.internal_errors.inc()
         self._emit(False, error_reply(Internal("replication failed; see the node's log")))
 
     def _emit(self, ok: bool, line: bytes) -> None:
@@ -679,8 +399,14 @@ class LineConnection(asyncio.Protocol):
 class LineServer:
     """The listening socket and its connections; `close` stops both."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(
+        self, name: str, kv: KV, writes: Writes, metrics: Metrics, options: LineOptions
+    ) -> None:
+        self.name = name
+        self.kv = kv
+        self.writes = writes
+        self.metrics = metrics
+        self.options = options
         self.server: asyncio.Server | None = None
         self.connections: set[LineConnection] = set()
         # Drain tasks whose connection went away while its write was replicating: the write is
@@ -689,8 +415,8 @@ class LineServer:
         self.all_closed = asyncio.Event()
         self.all_closed.set()
         # Children of the command counter, resolved once: `labels()` is a locked dict lookup.
-        self.ok = node.metrics.line_commands.labels("ok")
-        self.error = node.metrics.line_commands.labels("error")
+        self.ok = metrics.line_commands.labels("ok")
+        self.error = metrics.line_commands.labels("error")
 
     @property
     def port(self) -> int:
@@ -743,12 +469,11 @@ class LineServer:
             async with asyncio.timeout(grace):
                 await self.server.wait_closed()
         self.server = None
-        logger.info("node=%s line protocol server closed", self.node.config.name)
+        logger.info("node=%s line protocol server closed", self.name)
 
 
-async def start_line_server(node: Node, host: str, port: int) -> LineServer:
+async def start_line_server(server: LineServer, host: str, port: int) -> LineServer:
     """Listen for line-protocol clients on host:port (0: any free port); returns the server."""
-    line = LineServer(node)
-    await line.start(host, port)
-    logger.info("node=%s serving the line protocol on %s:%d", node.config.name, host, line.port)
-    return line
+    await server.start(host, port)
+    logger.info("node=%s serving the line protocol on %s:%d", server.name, host, server.port)
+    return server

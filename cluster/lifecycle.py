@@ -1,0 +1,390 @@
+"""A node's life in the mesh: join, sync, serve, leave, remove; and its background loops.
+
+The composition root (app.py) builds the parts and hands them here; this module decides when the
+node serves clients and keeps its replica healthy:
+
+- join: push/pull with the seeds (retried with jittered backoff while none answers; a seed that
+  refuses us, another cluster key above all, is reported as SEED_REFUSED, in /health and in the
+  log), then sync: stream a snapshot from a live peer that serves, then serve;
+- membership events start and stop replication to each peer;
+- loops: TTL reclamation, tombstone purging (only once every member holds a tombstone), and
+  anti-entropy with a random live peer.
+
+Everything reaches peers through the transports the root gave the parts, so the data-plane
+simulation runs this module unchanged on a virtual clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+from cluster.config import Config
+from cluster.core.addresses import parse_hostport
+from cluster.core.backoff import backoff
+from cluster.core.clock import Clock
+from cluster.core.hlc import HybridClock
+from cluster.core.ports import PeerError, PeerTransport
+from cluster.core.store import Store
+from cluster.errors import AddressError, DecodeError, NoSeedReachable, SeedRefused
+from cluster.membership.swim import ALIVE, DEAD, LEFT, SUSPECT, Member, MemberEvent
+from cluster.net.gossip import Gossip
+from cluster.replication.repair import RepairResult, pull_snapshot, repair_with
+from cluster.replication.sender import Replicator
+
+logger = logging.getLogger(__name__)
+
+Resolve = Callable[[str, int], Awaitable[set[str]]]
+
+
+async def resolve_ips(host: str, port: int) -> set[str]:
+    """The addresses a host name resolves to (the system resolver)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port)
+    return {str(info[4][0]) for info in infos}
+
+
+class Lifecycle:
+    """Join, sync, leave and remove, and the background loops, over the parts it is given."""
+
+    def __init__(
+        self,
+        config: Config,
+        clock: Clock,
+        rng: random.Random,
+        store: Store,
+        hlc: HybridClock,
+        replicator: Replicator,
+        gossip: Gossip,
+        peers: PeerTransport,
+        *,
+        on_serving: Callable[[], Awaitable[None]] | None = None,
+        on_bug: Callable[[], None] | None = None,
+        resolve: Resolve = resolve_ips,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.clock = clock
+        self.rng = rng
+        self.store = store
+        self.hlc = hlc
+        self.replicator = replicator
+        self.gossip = gossip
+        self.peers = peers
+        self._on_serving = on_serving
+        self._on_bug = on_bug
+        self._resolve = resolve
+        # A node told to join serves clients only once it has joined and streamed a snapshot.
+        self.ready = not config.join
+        # Why the last join failed, when a seed answered but refused us (shown by /health).
+        self.join_problem: str | None = None
+        self.repairs = 0
+        self.repair_failures = 0
+        self.http_port = config.port
+        self._join_task: asyncio.Task[None] | None = None
+        self._loops: list[asyncio.Task[None]] = []
+        self._serving_started = False
+        gossip.add_listener(self.on_member_event)
+
+    # --- the membership view ---------------------------------------------------------------------
+
+    def members(self) -> list[Member]:
+        return self.gossip.members()
+
+    def alive_members(self) -> int:
+        """Members currently alive, this node included (a mesh of one until joined)."""
+        return 1 + sum(1 for m in self.gossip.alive_peers() if m.name != self.name)
+
+    def member_names(self) -> list[str]:
+        """Every member that tombstone purging must wait for (self, live and down peers)."""
+        return [m.name for m in self.gossip.members() if m.state != LEFT]
+
+    def on_member_event(self, event: MemberEvent) -> None:
+        """Replicate to members that are up; stop for those down, forget those gone."""
+        if event.name == self.name:
+            return
+        if event.new_state in (ALIVE, SUSPECT):
+            # A suspect may be alive: keep its queue going until it is declared dead.
+            self.replicator.peer_up(event.name, event.address)
+        elif event.new_state == DEAD:
+            self._spawn(self.replicator.peer_down(event.name))
+        else:  # left, removed or forgotten: it no longer holds back tombstone purging
+            self._spawn(self.replicator.peer_down(event.name, forget=True))
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._loops.append(task)
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None] | asyncio.Future[None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._loops.remove(task)  # type: ignore[arg-type]
+
+    # --- start and stop --------------------------------------------------------------------------
+
+    async def start_loops(self) -> None:
+        """Start the background loops; a node not told to join serves at once."""
+        for loop in (self.expire_loop, self.tombstone_loop, self.antientropy_loop):
+            self._loops.append(asyncio.create_task(loop(), name=f"{loop.__name__}-{self.name}"))
+        if self.ready:
+            await self._serving()
+
+    async def stop_loops(self) -> None:
+        tasks = list(self._loops)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._loops.clear()
+
+    async def start_mesh(self, port: int | None = None) -> None:
+        """Start gossip and, if told to, join in the background.
+
+        `port`: the bound HTTP port when the configured one was 0 (gossip advertises it).
+        """
+        if port is not None:
+            self.http_port = port
+        await self.gossip.start(port=port)
+        if self.config.join:
+            self._join_task = asyncio.create_task(self._join_at_start(), name="join")
+
+    async def stop_mesh(self, leave: bool = True) -> None:
+        """Stop gossip: leave first if asked (peers see `left`, not a failure)."""
+        if self._join_task is not None:
+            self._join_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._join_task
+            self._join_task = None
+        if leave and len(self.gossip.members()) > 1:
+            await self.gossip.leave()
+            await asyncio.sleep(0.05)  # let the leave datagrams go out
+        await self.gossip.stop()
+
+    # --- join and sync ---------------------------------------------------------------------------
+
+    async def _join_at_start(self) -> None:
+        """--join: retry until a seed answers (seeds may start after us), then sync."""
+        seeds = [s for s in self.config.join if not await self._is_self(s)]
+        if not seeds:
+            logger.warning(
+                "node=%s --join names only this node itself: starting as a mesh of one", self.name
+            )
+            await self._serving()
+            return
+        attempt = 0
+        while True:
+            attempt += 1
+            delay = backoff(attempt, 0.2, 5.0, self.rng)
+            try:
+                await self.join(seeds)
+                return
+            except SeedRefused as exc:
+                # A misconfiguration, not a network problem: loud, and shown by /health.
+                logger.error("node=%s %s; retrying in %.1fs", self.name, exc, delay)
+            except NoSeedReachable as exc:
+                logger.warning("node=%s %s; retrying in %.1fs", self.name, exc, delay)
+            await asyncio.sleep(delay)
+
+    async def join(self, seeds: list[str]) -> None:
+        """Join the mesh through `seeds`, then stream a snapshot.
+
+        NoSeedReachable if none answers; SeedRefused if one answered but refused us. An answer
+        from this node itself (a seed that is an alias of our own address) is not a join: the
+        mesh must then hold some other member.
+        """
+        others = [s for s in seeds if not await self._is_self(s)]
+        if not others:
+            raise NoSeedReachable("the only seeds given are this node itself")
+        joined = await self.gossip.join(others, timeout=self.config.join_timeout)
+        if not joined or not any(m.name != self.name for m in self.gossip.alive_peers()):
+            refused = self.gossip.refused_by
+            if refused:
+                self.join_problem = "; ".join(f"seed {s} {why}" for s, why in refused.items())
+                raise SeedRefused(self.join_problem)
+            raise NoSeedReachable(f"none of the seeds answered: {', '.join(others)}")
+        self.join_problem = None
+        await self.sync()
+
+    async def _is_self(self, seed: str) -> bool:
+        """Does `seed` ("host:port") name this very node (same port, one of our addresses)?"""
+        try:
+            host, port = parse_hostport(seed)
+        except AddressError:
+            return False
+        if port != self.http_port:
+            return False
+        ours = {self.config.host, parse_hostport(self.config.advertise, allow_zero=True)[0]}
+        if host in ours:
+            return True
+        try:
+            ips = {str(ipaddress.ip_address(host))}
+        except ValueError:
+            try:
+                ips = await self._resolve(host, port)
+            except OSError:
+                return False
+        if ips & ours:
+            return True
+        # Bound to loopback or to every address: a loopback alias (localhost) is us too.
+        loopback = any(ip.startswith("127.") or ip == "::1" for ip in ips)
+        return loopback and self.config.host in ("127.0.0.1", "localhost", "0.0.0.0", "::")
+
+    async def sync(self) -> None:
+        """Stream a snapshot from a live peer that serves, then serve clients.
+
+        Retries until one snapshot completes: a node that streamed nothing must not serve its
+        empty memory. A peer answering 503 is joining too and has no complete data to give. If
+        every peer has been joining for `join_timeout` seconds, no member holds data (a mesh
+        starting all at once, or restarting whole): serve.
+        """
+        if len(self.store) == 0 and not self.store.stats().tombstones:
+            self.ready = False  # empty (a fresh or restarted node): nothing to serve yet
+        attempt = 0
+        all_joining_since: float | None = None
+        while True:
+            peers = [m for m in self.gossip.alive_peers() if m.name != self.name]
+            self.rng.shuffle(peers)
+            joining = 0
+            for peer in peers:
+                started = self.clock.monotonic()
+                try:
+                    got = await pull_snapshot(self.store, self.hlc, self.peers, peer.address)
+                except PeerError as exc:
+                    joining += exc.status == 503
+                    logger.info("node=%s peer=%s no snapshot: %s", self.name, peer.name, exc)
+                    continue
+                except DecodeError as exc:
+                    logger.warning("node=%s peer=%s bad snapshot: %s", self.name, peer.name, exc)
+                    continue
+                logger.info(
+                    "node=%s peer=%s synced %d entries in %.2fs",
+                    self.name,
+                    peer.name,
+                    got,
+                    self.clock.monotonic() - started,
+                )
+                await self._serving()
+                return
+            now = self.clock.monotonic()
+            if joining == len(peers):
+                all_joining_since = now if all_joining_since is None else all_joining_since
+                if now - all_joining_since >= self.config.join_timeout:
+                    logger.info(
+                        "node=%s every member is joining: no one holds data yet; serving",
+                        self.name,
+                    )
+                    await self._serving()
+                    return
+            else:
+                all_joining_since = None
+            attempt += 1
+            await asyncio.sleep(backoff(attempt, 0.1, 1.0, self.rng))
+
+    async def _serving(self) -> None:
+        """Synced (or a mesh of one): serve clients.
+
+        The other doors (the line protocol) open before the node reports ready, so that a client
+        that saw /health answer 200 finds them all open.
+        """
+        if not self._serving_started and self._on_serving is not None:
+            await self._on_serving()
+        self._serving_started = True
+        self.ready = True
+
+    async def leave(self) -> None:
+        """Leave the mesh (peers see `left`) and carry on as a mesh of one."""
+        await self.gossip.leave()
+        await self.replicator.close()
+
+    async def remove(self, name: str) -> bool:
+        """Remove a member everywhere; False if there is no such member."""
+        if not self.gossip.remove(name):
+            return False
+        await self.replicator.peer_down(name, forget=True)
+        return True
+
+    # --- background loops ------------------------------------------------------------------------
+
+    def _bug(self, what: str) -> None:
+        logger.exception("node=%s %s failed", self.name, what)
+        if self._on_bug is not None:
+            self._on_bug()
+
+    async def expire_loop(self) -> None:
+        """Reclaim expired entries in small bounded rounds (never stalls requests)."""
+        while True:
+            await asyncio.sleep(self.config.expire_interval)
+            try:
+                self.reclaim_expired()
+            except Exception:  # a bug must not stop TTL reclamation for good
+                self._bug("TTL reclamation")
+
+    def reclaim_expired(self) -> int:
+        """One bounded round of TTL reclamation; the loop's next round continues a backlog."""
+        return self.store.reclaim_expired(self.clock.wall(), budget=5000)
+
+    async def tombstone_loop(self) -> None:
+        """Purge tombstones every member has seen. A mesh of one has seen its own writes."""
+        while True:
+            await asyncio.sleep(self.config.tombstone_interval)
+            if not self.ready:
+                continue  # still streaming a snapshot: what is older than others' stable
+                # points may not be here yet, so this node must not refuse it as stale
+            try:
+                self.store.purge_tombstones(self.purge_watermark())
+            except Exception:  # a bug must not stop purging for good
+                self._bug("tombstone purge")
+
+    def purge_watermark(self) -> int:
+        return self.replicator.purge_watermark(self.member_names())
+
+    async def antientropy_loop(self) -> None:
+        """Every interval, compare digests with one random live peer and repair differences."""
+        while True:
+            await asyncio.sleep(self.config.antientropy_interval)
+            if not self.ready:
+                continue  # the snapshot being streamed brings everything; repair comes after
+            try:
+                await self.repair_once()
+            except Exception:  # a bug must not stop anti-entropy for good
+                self._bug("anti-entropy round")
+
+    async def repair_once(self) -> RepairResult | None:
+        links = list(self.replicator.links.values())
+        if not links:
+            return None
+        link = self.rng.choice(links)
+        started = self.hlc.last
+        try:
+            result = await repair_with(
+                self.store,
+                self.hlc,
+                self.peers,
+                link.address,
+                me=self.name,
+                stable=self.replicator.stable(),
+            )
+        except (PeerError, DecodeError) as exc:
+            self.repair_failures += 1
+            logger.debug("node=%s peer=%s anti-entropy failed: %s", self.name, link.name, exc)
+            return None
+        if result.complete:
+            link.state.repaired(started)
+        if result.peer_stable is not None:
+            self.replicator.note_peer_stable(link.name, result.peer_stable)
+        if result.differing:
+            self.repairs += 1
+            logger.info(
+                "node=%s peer=%s anti-entropy: %d buckets differed, sent %d, got %d, applied %d",
+                self.name,
+                link.name,
+                result.differing,
+                result.sent,
+                result.received,
+                result.applied,
+            )
+        return result

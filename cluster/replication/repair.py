@@ -1,0 +1,124 @@
+"""The requesting side of anti-entropy and snapshots: it talks to a peer through the peer
+transport (real HTTP in production, the in-memory network in the simulation)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+
+from cluster.core.hlc import HybridClock
+from cluster.core.ports import PeerTransport
+from cluster.core.store import Store
+from cluster.errors import DecodeError
+from cluster.replication.antientropy import (
+    DIGESTS_PATH,
+    EXCHANGE_PATH,
+    SNAPSHOT_PATH,
+    decode_clear,
+    decode_entries,
+    diff_buckets,
+    encode_entries,
+    loads,
+    merge_clear,
+    merge_entries,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RepairResult:
+    differing: int  # buckets that differed
+    sent: int  # entries we sent
+    received: int  # entries the peer sent
+    applied: int  # of those, how many won here
+    complete: bool  # both sides now hold everything the other sent (nothing refused for skew)
+    peer_stable: int | None = None  # the stable timestamp the peer published
+
+
+async def repair_with(
+    store: Store,
+    hlc: HybridClock,
+    client: PeerTransport,
+    address: str,
+    within: float = 10.0,
+    me: str = "",
+    stable: int = 0,
+) -> RepairResult:
+    """One anti-entropy round with the peer at `address` (raises PeerError or DecodeError).
+
+    `me` and `stable` publish our stable timestamp to the peer (see replication.py).
+    """
+    path = f"{DIGESTS_PATH}?from={quote(me, safe='')}&stable={stable}"
+    raw = loads(await client.request("GET", address, path, within=within))
+    if not isinstance(raw, dict):
+        raise DecodeError("digests reply must be an object")
+    peer_stable = raw.get("stable")
+    if not isinstance(peer_stable, int) or isinstance(peer_stable, bool):
+        peer_stable = None
+    merge_clear(store, hlc, decode_clear(raw.get("clear")))
+    differing = diff_buckets(store.digests(), raw.get("digests"))
+    if not differing:
+        return RepairResult(0, 0, 0, 0, True, peer_stable)
+    # One exchange for every differing bucket, both sides reading and merging in one step each,
+    # so that a transaction repaired here (its keys spread over many buckets) appears whole.
+    mine = store.entries_in_buckets(differing)
+    ts, node = store.clear_version
+    body = orjson.dumps(
+        {"buckets": differing, "clear": [ts, node], "entries": encode_entries(mine)}
+    )
+    reply = loads(await client.request("POST", address, EXCHANGE_PATH, body, within))
+    if not isinstance(reply, dict):
+        raise DecodeError("exchange reply must be an object")
+    theirs = decode_entries(reply.get("entries"))
+    clear = decode_clear(reply.get("clear"))
+    merge_clear(store, hlc, clear)
+    applied, refused_here = merge_entries(store, hlc, theirs)
+    refused_there = reply.get("refused", 0)
+    complete = refused_here == 0 and refused_there == 0
+    return RepairResult(len(differing), len(mine), len(theirs), applied, complete, peer_stable)
+
+
+async def pull_snapshot(
+    store: Store,
+    hlc: HybridClock,
+    client: PeerTransport,
+    address: str,
+    page: int = 10_000,
+    within: float = 30.0,
+) -> int:
+    """Stream a peer's whole data set into the store, page by page; returns entries received.
+
+    The next page is requested before the current one is merged, so the peer serializes while
+    we apply: the two processes work in parallel.
+    """
+
+    async def fetch(cursor: str | None) -> dict[str, Any]:
+        path = f"{SNAPSHOT_PATH}?limit={page}" + (f"&after={cursor}" if cursor else "")
+        reply = loads(await client.request("GET", address, path, within=within))
+        if not isinstance(reply, dict):
+            raise DecodeError("snapshot page must be an object")
+        cursor = reply.get("next")
+        if cursor is not None and not isinstance(cursor, str):
+            raise DecodeError("bad snapshot cursor")
+        return reply
+
+    received = 0
+    reply = await fetch(None)
+    while True:
+        cursor = reply.get("next")
+        pending = asyncio.create_task(fetch(cursor)) if cursor is not None else None
+        try:
+            merge_clear(store, hlc, decode_clear(reply.get("clear")))
+            entries = decode_entries(reply.get("entries"))
+            merge_entries(store, hlc, entries)
+            received += len(entries)
+        except BaseException:
+            if pending is not None:
+                pending.cancel()
+            raise
+        if pending is None:
+            return received
+        reply = await pending
