@@ -9,8 +9,9 @@ DURATION ?= 30s
 USERS ?= 50
 SPAWN_RATE ?= 10
 MAX_FAIL_RATIO ?= 0.01
+EXAMPLES ?= 2000
 
-.PHONY: install install-system run stop stress verify test lint format bench coverage clean
+.PHONY: install install-system run stop stress verify test explore lint format bench coverage clean
 
 # The virtualenv with the pinned runtime and development dependencies (re-made when pyproject changes).
 $(STAMP): pyproject.toml
@@ -24,16 +25,20 @@ install: $(STAMP) install-system
 
 # Debian packages (as root, only the missing ones): nginx and its stream module (the balancer, the
 # benchmark ceiling), wrk and redis-server (the benchmark anchors), docker-compose (validates the
-# compose file; no Docker engine needed). As another user it prints what to install instead.
+# compose file; no Docker engine needed), nftables and iproute2 (`nft`, `ip netns`, `tc`: the
+# fault rig). Every tool a test probes is here: under CI=true a test that skips fails instead.
+# As another user it prints what to install instead.
 install-system:
 	@missing=""; \
 	for b in nginx:nginx /usr/lib/nginx/modules/ngx_stream_module.so:libnginx-mod-stream \
-	         wrk:wrk redis-server:redis-server docker-compose:docker-compose; do \
+	         wrk:wrk redis-server:redis-server docker-compose:docker-compose \
+	         nft:nftables ip:iproute2 tc:iproute2; do \
 	  what=$${b%%:*}; pkg=$${b##*:}; \
 	  case $$what in \
-	    /*) [ -e $$what ] || missing="$$missing $$pkg" ;; \
-	    *) command -v $$what >/dev/null 2>&1 || [ -x /usr/sbin/$$what ] || missing="$$missing $$pkg" ;; \
+	    /*) [ -e $$what ] && continue ;; \
+	    *) { command -v $$what >/dev/null 2>&1 || [ -x /usr/sbin/$$what ]; } && continue ;; \
 	  esac; \
+	  case " $$missing " in *" $$pkg "*) ;; *) missing="$$missing $$pkg" ;; esac; \
 	done; \
 	if [ -z "$$missing" ]; then \
 	  :; \
@@ -43,7 +48,8 @@ install-system:
 	else \
 	  echo "install-system: missing Debian packages:$$missing"; \
 	  echo "  run 'sudo make install-system' (or 'sudo apt-get install$$missing');"; \
-	  echo "  without nginx, 'make run' cannot start the balancer and its tests are skipped"; \
+	  echo "  without nginx, 'make run' cannot start the balancer and its tests are skipped;"; \
+	  echo "  without nft and ip the fault suite is skipped (under CI=true these skips fail)"; \
 	fi
 
 # Start the product in the foreground: N nodes (N=5 make run) behind nginx, HTTP on :8080 and the
@@ -74,6 +80,12 @@ verify: install
 # Install what is needed and run the whole test suite.
 test: install
 	$(BIN)/pytest
+
+# The property tests (every @given test) with fresh random examples, EXAMPLES of each (default 2000,
+# EXAMPLES=200 make explore): Hypothesis's explore profile; CI's runs stay derandomized.
+explore: $(STAMP)
+	HYPOTHESIS_PROFILE=explore HYPOTHESIS_MAX_EXAMPLES=$(EXAMPLES) $(BIN)/pytest -m hypothesis \
+	  --timeout=0 $$(grep -rl --include='test_*.py' '@given' tests)
 
 # Format check, lint and strict typing.
 lint: $(STAMP)

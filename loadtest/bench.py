@@ -12,6 +12,10 @@
   and 16 pipelined, rounds interleaved, median taken; prints operations/s and the ratio. The
   client runs in several processes; redis-benchmark (C) runs the same loads as a reference, to
   show how far the Python client holds Redis back.
+- Boundary: a normal client's round trip (HTTP SET+GET, line protocol PUT+GET, a new connection
+  each) on one node, quiet, beside 1,000 idle HTTP and 1,000 idle line-protocol connections and 5
+  slowloris clients, and under a flood of garbage datagrams on the gossip port; p50/p99/max.
+  (tests/e2e/test_mesh_boundary.py checks only that such clients are answered.)
 
 Speed is never asserted in a test; this prints figures for the README.
 """
@@ -32,6 +36,8 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier
 from typing import Any
@@ -375,6 +381,126 @@ def bench_line(duration: float, rounds: int, processes: int) -> list[str]:
     return lines
 
 
+# --- a normal client beside slow, idle and flooding ones ----------------------------------------
+
+BOUNDARY_IDLE = 1000  # idle connections on each of HTTP and the line protocol
+BOUNDARY_SLOW = 5  # slowloris clients (a request header one byte a second)
+# A garbage datagram flood from another process (so that it does not share our interpreter).
+FLOOD = """
+import random, socket, sys, time
+rng, port, sent = random.Random(3), int(sys.argv[1]), 0
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+while True:
+    s.sendto(rng.randbytes(512), ("127.0.0.1", port))
+    sent += 1
+    if sent % 200 == 0:
+        time.sleep(0.001)
+"""
+
+
+def _http_roundtrip(url: str, i: int) -> float:
+    started = time.perf_counter()
+    for path in (f"/set?k=b{i}&v={i}", f"/get?k=b{i}"):
+        with urllib.request.urlopen(url + path, timeout=30) as r:
+            r.read()
+    return (time.perf_counter() - started) * 1000
+
+
+def _line_roundtrip(port: int, i: int) -> float:
+    started = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(f"PUT l{i} v\nGET l{i}\n".encode())
+        got = b""
+        while got.count(b"\n") < 2:
+            chunk = s.recv(4096)
+            if not chunk:
+                raise RuntimeError("the line server closed a benchmark connection")
+            got += chunk
+    if got.count(b'"Ok"') != 2:
+        raise RuntimeError(f"the line server answered {got!r}")
+    return (time.perf_counter() - started) * 1000
+
+
+@contextmanager
+def _idle_and_slow_clients(node: procs.NodeProc) -> Iterator[None]:
+    stop = threading.Event()
+
+    def slowloris(i: int) -> None:
+        request = f"GET /get?k=x{i} HTTP/1.1\r\nHost: x\r\nX-Slow: {'a' * 100}\r\n".encode()
+        with socket.create_connection(("127.0.0.1", node.port), timeout=5) as s:
+            for byte in request:
+                if stop.wait(1.0):
+                    return
+                try:
+                    s.sendall(bytes([byte]))
+                except OSError:
+                    return  # the node closed a slow client
+
+    slow = [
+        threading.Thread(target=slowloris, args=(i,), daemon=True) for i in range(BOUNDARY_SLOW)
+    ]
+    idle: list[socket.socket] = []
+    try:
+        for t in slow:
+            t.start()
+        for port in (node.port, node.tcp_port):
+            for _ in range(BOUNDARY_IDLE):
+                idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(1.5)  # every slowloris client is mid-request
+        yield
+    finally:
+        stop.set()
+        for s in idle:
+            s.close()
+        for t in slow:
+            t.join(5)
+
+
+@contextmanager
+def _garbage_flood(node: procs.NodeProc) -> Iterator[None]:
+    flood = subprocess.Popen([sys.executable, "-c", FLOOD, str(node.port)])
+    try:
+        time.sleep(0.5)
+        yield
+    finally:
+        procs.stop(flood)
+
+
+def bench_boundary(samples: int = 200) -> list[str]:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 2 * BOUNDARY_IDLE + 1024  # the node inherits the limit
+    if soft < want and (hard == resource.RLIM_INFINITY or hard >= want):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    node = procs.start_node("--log-level", "WARNING")
+    conditions: dict[str, Callable[[], AbstractContextManager[None]]] = {
+        "quiet": nullcontext,
+        f"{BOUNDARY_IDLE:,} idle HTTP + {BOUNDARY_IDLE:,} idle line connections, "
+        f"{BOUNDARY_SLOW} slowloris": lambda: _idle_and_slow_clients(node),
+        "a flood of garbage datagrams on the gossip port": lambda: _garbage_flood(node),
+    }
+    lines = [
+        "| a normal client, one node | HTTP SET+GET p50 ms | p99 ms | max ms "
+        "| line PUT+GET p50 ms | p99 ms | max ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    try:
+        for name, condition in conditions.items():
+            with condition():
+                http = [_http_roundtrip(node.url, i) for i in range(samples)]
+                line = [_line_roundtrip(node.tcp_port, i) for i in range(samples)]
+            cells = []
+            for xs in (http, line):
+                q = statistics.quantiles(xs, n=100)
+                cells += [f"{q[49]:.2f}", f"{q[98]:.2f}", f"{max(xs):.2f}"]
+            lines.append(f"| {name} | {' | '.join(cells)} |")
+    finally:
+        procs.stop(node.proc)
+    lines.append(f"\n{samples} round trips each, one after another, a new connection each.")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
@@ -382,8 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keys", type=int, default=1_000_000, help="keys for the memory test")
     parser.add_argument(
         "--only",
-        default="http,memory,line,mesh",
-        help="comma-separated sections: http, memory, line, mesh, soak",
+        default="http,memory,line,boundary,mesh",
+        help="comma-separated sections: http, memory, line, boundary, mesh, soak",
     )
     parser.add_argument("--join-keys", type=int, default=1_000_000, help="keys a joiner streams")
     parser.add_argument("--soak-seconds", type=float, default=600.0, help="length of the soak")
@@ -407,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     if "line" in sections:
         lines = bench_line(args.duration, args.rounds, args.line_clients)
         print("\n".join(lines), "\n", flush=True)
+    if "boundary" in sections:
+        print("\n".join(bench_boundary()), "\n", flush=True)
     if "mesh" in sections:
         from loadtest import bench_mesh  # imports this module: late, to avoid a cycle
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.request
 from urllib.parse import quote
 
 from yarl import URL
@@ -18,3 +19,15 @@ def key_url(key: str, prefix: str = "/keys/") -> URL:
     if segment in (".", ".."):
         segment = segment.replace(".", "%2E")
     return URL(prefix + segment, encoded=True)
+
+
+def scrape_metrics(url: str, timeout: float = 10.0) -> dict[str, float]:
+    """The unlabelled series of a node's Prometheus `/metrics` at `url`, by name."""
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out

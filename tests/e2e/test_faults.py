@@ -7,7 +7,9 @@ lost, nothing resurrected, no torn batch or transaction, convergence within 10 s
 membership whole again, no false positive. The full suite, with the nodes' default timing, is
 `make faults`.
 
-Skipped with the reason where the machine does not allow it (not root, no `ip netns`, no nft).
+Skipped with the reason where the machine does not allow it (not root, no `ip netns`, no nft);
+under CI=true that skip fails instead (tests/conftest.py). `make install-system` installs nft
+and ip (Debian's nftables and iproute2).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The mesh end to end: real node.py processes on loopback, joined by gossip.
 
-Fast membership timing (probe every 0.2 s) keeps each test to seconds; the bounds asserted are
-derived from those parameters with generous slack for a loaded 2-core machine.
+Fast membership timing (probe every 0.2 s) keeps each test to seconds. No test asserts how fast a
+real round trip was (a busy machine would fail it): each waits, with a generous deadline, for what
+must happen; how fast it happens is measured by `make bench` (loadtest/bench_mesh.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from typing import Any
 
 import pytest
 
+from cluster.messages import Alive, encode_packet
 from loadtest import procs
+from tests.helpers import scrape_metrics
 
 pytestmark = pytest.mark.e2e
 
@@ -53,6 +56,16 @@ def eventually(check: Callable[[], bool], timeout: float = 15.0, what: str = "")
 def states(node: procs.NodeProc) -> dict[str, str]:
     _, body, _ = call(node.url + "/cluster/members")
     return {m["name"]: m["state"] for m in body["members"]}
+
+
+def metrics(node: procs.NodeProc) -> dict[str, float]:
+    return scrape_metrics(node.url + "/metrics")
+
+
+def exchanged(node: procs.NodeProc) -> float:
+    """Full state exchanges (push/pull) this node asked for or served."""
+    m = metrics(node)
+    return m["gossip_push_pull_ok"] + m["gossip_push_pull_served"]
 
 
 def dump(node: procs.NodeProc) -> dict[str, str]:
@@ -153,11 +166,12 @@ def test_kill_9_is_detected_and_a_restart_catches_up(
     a, b, c = three
     os.kill(c.proc.pid, signal.SIGKILL)
     c.proc.wait()
-    took = eventually(
+    # Only that the crash is seen (within eventually's deadline): the detection time is a figure
+    # of `make bench` (bench_mesh.bench_detection), not a bound a busy machine could miss.
+    eventually(
         lambda: states(a)[c.name] != "alive" and states(b)[c.name] != "alive",
         what="the crash seen by both",
     )
-    assert took < 5.0  # probe 0.2 s: suspicion within a few probe rounds
     eventually(lambda: states(a)[c.name] == "dead", what="declared dead")
     status, _, headers = call(a.url + "/set?k=while-down&v=1")
     assert status == 200
@@ -196,10 +210,33 @@ def test_cluster_key_keeps_a_stranger_out(mesh: Mesh) -> None:
     b = mesh.start("--cluster-key", "s3cret", join=a)
     mesh.formed([a, b])
     stranger = mesh.start("--cluster-key", "other")
+    refused = metrics(a)["gossip_push_pull_refused"]
     seeds = {"seeds": [f"127.0.0.1:{a.port}"]}
     status, body, _ = call(stranger.url + "/cluster/join", "POST", seeds)
-    assert (status, body["code"]) == (502, "NO_SEED_REACHABLE")  # a refused push/pull
-    time.sleep(1.0)  # several probe rounds: the stranger must never appear
+    assert status == 502
+    assert body["code"] == "SEED_REFUSED"  # a refused push/pull: the keys differ
+    assert metrics(a)["gossip_push_pull_refused"] >= refused + 1  # a got its state and refused it
+    # The stranger's announcement over UDP, signed with its key, as it would gossip it: refused by
+    # both (counted), so it definitely arrived.
+    announce = encode_packet(
+        [Alive(stranger.name, f"127.0.0.1:{stranger.port}", 1)], "other", int(time.time() * 1000)
+    )
+    dropped = {n.name: metrics(n)["gossip_dropped_auth"] for n in (a, b)}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for n in (a, b):
+            for _ in range(5):
+                s.sendto(announce, ("127.0.0.1", n.port))
+    eventually(
+        lambda: all(metrics(n)["gossip_dropped_auth"] >= dropped[n.name] + 5 for n in (a, b)),
+        what="a and b refused the stranger's datagrams",
+    )
+    # Then a and b exchange their full state (push/pull every second): had either taken the
+    # stranger in, the other would know it by then.
+    since = {n.name: exchanged(n) for n in (a, b)}
+    eventually(
+        lambda: all(exchanged(n) >= since[n.name] + 2 for n in (a, b)),
+        what="a and b exchanged state since the refusals",
+    )
     assert stranger.name not in states(a)
     assert stranger.name not in states(b)
     call(a.url + "/set?k=secret&v=1")

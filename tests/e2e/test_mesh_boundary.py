@@ -9,6 +9,11 @@
   do not starve a normal client.
 
 Every test is bounded (a few seconds each); processes are started on free ports and stopped by PID.
+No test asserts how fast a round trip was (a busy machine would fail it): "keeps serving" means
+every request is answered, within the client's timeout. The latencies under these attacks are
+figures of `make bench` (loadtest/bench.py, section "boundary"). Where a test claims something never
+happens, it first waits on a counter showing that it had every chance to (datagrams refused,
+probe rounds and state exchanges completed).
 An oversized *datagram* cannot be sent over IPv4 (65,507 bytes is the largest UDP payload, and the
 node accepts that much before decoding): the oversize check is exercised on push/pull bodies.
 """
@@ -106,12 +111,33 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def assert_serves_quickly(node: procs.NodeProc, limit: float = 0.5) -> None:
-    started = time.monotonic()
-    status, _ = call(f"{node.url}/set?k=probe&v={started}")
+def assert_serves(node: procs.NodeProc) -> None:
+    """A write and a read are answered (within `call`'s timeout; how fast is for `make bench`)."""
+    status, _ = call(f"{node.url}/set?k=probe&v={time.monotonic()}")
     assert status == 200
     assert call(node.url + "/get?k=probe")[0] == 200
-    assert time.monotonic() - started < limit
+
+
+def gossip_counts(node: procs.NodeProc) -> tuple[float, float]:
+    """(full state exchanges asked for or served, datagrams received) so far."""
+    m = metrics(node)
+    return m["gossip_push_pull_ok"] + m["gossip_push_pull_served"], m["gossip_datagrams_received"]
+
+
+def wait_for_gossip(nodes: list[procs.NodeProc], pushpulls: int = 2, datagrams: int = 10) -> None:
+    """Wait until, from now on, each of `nodes` took part in `pushpulls` full state exchanges and
+    received `datagrams` datagrams (pings, acks, gossip): several probe rounds went by, and
+    whatever one node holds has reached the other."""
+    before = {n.name: gossip_counts(n) for n in nodes}
+
+    def done() -> bool:
+        for n in nodes:
+            (pp, dg), (pp0, dg0) = gossip_counts(n), before[n.name]
+            if pp < pp0 + pushpulls or dg < dg0 + datagrams:
+                return False
+        return True
+
+    eventually(done, what=f"{pushpulls} exchanges and {datagrams} datagrams on each node")
 
 
 class Pair:
@@ -187,7 +213,7 @@ def test_garbage_truncated_and_maximum_size_datagrams_are_dropped_and_counted(pl
         )
 
     eventually(counted, what=f"drops counted: {metrics(a)}")
-    assert_serves_quickly(a)
+    assert_serves(a)
     assert members(a) == members_before
     assert "intruder" not in members(plain.b)
     assert dump(a) == {**data_before, "probe": dump(a)["probe"]}
@@ -210,11 +236,18 @@ def test_a_flood_of_garbage_datagrams_does_not_stop_the_node(plain: Pair) -> Non
     flooder = threading.Thread(target=flood, daemon=True)
     flooder.start()
     try:
-        time.sleep(0.5)
+        eventually(
+            lambda: metrics(a)["gossip_dropped_malformed"] >= 1000, what="the flood reaches a"
+        )
         for _ in range(20):
-            assert_serves_quickly(a, limit=1.0)
-        time.sleep(1.0)  # several probe rounds under the flood
-        assert {n: s for n, (s, _) in members(plain.b).items()} == {"a": "alive", "b": "alive"}
+            assert_serves(a)
+        # Probe rounds under the flood: b receives a's pings and its acks (b probes nothing but
+        # a), and a keeps dropping garbage meanwhile.
+        flooded = metrics(a)["gossip_dropped_malformed"]
+        wait_for_gossip([plain.b], pushpulls=0, datagrams=10)
+        assert metrics(a)["gossip_dropped_malformed"] > flooded
+        for node in (a, plain.b):
+            assert {n: s for n, (s, _) in members(node).items()} == {"a": "alive", "b": "alive"}
     finally:
         stop.set()
         flooder.join()
@@ -249,7 +282,7 @@ def test_malformed_replication_bodies_are_refused_counted_and_change_nothing(
         assert json.loads(raw)["code"] == "INVALID_BODY"
     assert metrics(a)["internal_rejected_malformed"] >= counted + len(BAD_BODIES)
     assert dump(a) == before
-    assert_serves_quickly(a)
+    assert_serves(a)
 
 
 def _declared_length_answer(node: procs.NodeProc, path: str, length: int) -> bytes:
@@ -274,7 +307,7 @@ def test_oversized_bodies_are_refused_with_413(plain: Pair) -> None:
     # Push/pull bodies are membership state: 8 MiB at most, sent for real.
     status, raw = call(a.url + "/internal/gossip/pushpull", "POST", b"x" * (MAX_PUSH_PULL + 1))
     assert status == 413, raw[:200]
-    assert_serves_quickly(a)
+    assert_serves(a)
 
 
 def test_bad_snapshot_requests_are_refused(plain: Pair) -> None:
@@ -284,7 +317,7 @@ def test_bad_snapshot_requests_are_refused(plain: Pair) -> None:
         assert status == 400, (query, raw)
     # The internal cursor is lenient (a garbage one restarts the scan): never a server error.
     assert call(f"{a.url}/internal/snapshot?after=%25%25%25")[0] in (200, 400)
-    assert_serves_quickly(a)
+    assert_serves(a)
 
 
 def test_push_pull_garbage_is_refused_and_counted(plain: Pair) -> None:
@@ -342,7 +375,7 @@ def test_with_a_cluster_key_unauthenticated_gossip_changes_no_membership(keyed: 
         )
 
     eventually(counted, what=f"drops counted: {metrics(a)}")
-    time.sleep(1.0)  # several probe rounds: nothing forged may surface later either
+    wait_for_gossip([a, b])  # probe rounds and state exchanges: nothing forged surfaces later
     for node in (a, b):
         view = members(node)
         assert "intruder" not in view
@@ -410,9 +443,8 @@ def test_with_a_cluster_key_unauthenticated_requests_neither_write_nor_read(keye
 # --- slow and idle clients ------------------------------------------------------------------------
 
 
-def _line_roundtrip(port: int, key: str) -> float:
-    started = time.monotonic()
-    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+def _line_roundtrip(port: int, key: str) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(f"PUT {key} v\nGET {key}\n".encode())
         got = b""
         while got.count(b"\n") < 2:
@@ -420,7 +452,6 @@ def _line_roundtrip(port: int, key: str) -> float:
             assert chunk, "the line server closed the connection"
             got += chunk
     assert got.count(b'"Ok"') == 2, got
-    return time.monotonic() - started
 
 
 def test_slow_and_idle_clients_do_not_starve_a_normal_one(tmp_path: Path) -> None:
@@ -429,6 +460,7 @@ def test_slow_and_idle_clients_do_not_starve_a_normal_one(tmp_path: Path) -> Non
     idle: list[socket.socket] = []
     stop = threading.Event()
     slow_threads: list[threading.Thread] = []
+    trickled = [0] * 5  # bytes each slowloris client has sent (or tried to, if closed on)
     try:
         # A few slowloris clients: a request header one byte a second, never finished.
         def slowloris(i: int) -> None:
@@ -437,12 +469,13 @@ def test_slow_and_idle_clients_do_not_starve_a_normal_one(tmp_path: Path) -> Non
                 for byte in request:
                     if stop.wait(1.0):
                         return
+                    trickled[i] += 1
                     try:
                         s.sendall(bytes([byte]))
                     except OSError:
                         return  # the node may close a slow client: also fine
 
-        for i in range(5):
+        for i in range(len(trickled)):
             t = threading.Thread(target=slowloris, args=(i,), daemon=True)
             t.start()
             slow_threads.append(t)
@@ -450,16 +483,15 @@ def test_slow_and_idle_clients_do_not_starve_a_normal_one(tmp_path: Path) -> Non
         for port in (node.port, tcp_port):
             for _ in range(1000):
                 idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
-        time.sleep(1.5)
-        http_worst = line_worst = 0.0
+        # Every slow client is connected and mid-request. The idle connections were made
+        # before the normal client's, so (accept queues are first in, first out) answering the
+        # normal client means the node accepted them first. Each round trip must be answered
+        # within the client's timeout; how fast is a figure of `make bench` (section "boundary").
+        eventually(lambda: min(trickled) >= 1, what="every slow client sent a byte")
         for i in range(30):
-            started = time.monotonic()
             assert call(f"{node.url}/set?k=n{i}&v={i}")[0] == 200
             assert call(f"{node.url}/get?k=n{i}")[0] == 200
-            http_worst = max(http_worst, time.monotonic() - started)
-            line_worst = max(line_worst, _line_roundtrip(tcp_port, f"l{i}"))
-        assert http_worst < 0.5, f"an HTTP round trip took {http_worst:.3f}s"
-        assert line_worst < 0.5, f"a line-protocol round trip took {line_worst:.3f}s"
+            _line_roundtrip(tcp_port, f"l{i}")
         assert node.proc.poll() is None
         log = node.log.read_text()
         assert "Traceback" not in log, log[-2000:]

@@ -109,6 +109,28 @@ async def eventually(predicate: Callable[[], bool], within: float = 5.0) -> floa
     return loop.time() - started
 
 
+async def exchanges_and_rounds(nodes: list[Node], pushpulls: int = 2, datagrams: int = 10) -> None:
+    """Wait until, from now on, every one of `nodes` took part in `pushpulls` full state exchanges
+    (asked or served) and received `datagrams` datagrams (pings, acks, gossip): a positive witness
+    that whatever could still change their views had its chance to arrive."""
+
+    def totals(node: Node) -> tuple[int, int]:
+        c = node.gossip.counters()
+        exchanged = c["gossip_push_pull_ok"] + c["gossip_push_pull_served"]
+        return exchanged, c["gossip_datagrams_received"]
+
+    before = {node.name: totals(node) for node in nodes}
+
+    def done() -> bool:
+        for node in nodes:
+            (pp, dg), (pp0, dg0) = totals(node), before[node.name]
+            if pp < pp0 + pushpulls or dg < dg0 + datagrams:
+                return False
+        return True
+
+    await eventually(done, within=10.0)
+
+
 async def mesh(start: Start, n: int = 3, key: str | None = None) -> list[Node]:
     nodes = [await start(f"n{i}", key=key, seed=i) for i in range(n)]
     for node in nodes[1:]:
@@ -131,8 +153,10 @@ async def test_three_nodes_join_and_see_each_other(start: Start) -> None:
 async def test_a_stopped_node_is_seen_not_alive_then_dead(start: Start) -> None:
     a, b, c = await mesh(start)
     await c.stop()  # no leave: a crash as far as the others can tell
-    took = await eventually(lambda: {a.state_of("n2"), b.state_of("n2")} <= {SUSPECT, DEAD})
-    assert took < 2.0
+    # How fast is a product figure, measured where wall-clock time is not shared with a busy
+    # machine: the simulation (test_the_for_tests_preset_detects_within_a_second_or_two) and
+    # `make bench` (failure detection); here only that it is detected, within the deadline.
+    await eventually(lambda: {a.state_of("n2"), b.state_of("n2")} <= {SUSPECT, DEAD})
     await eventually(lambda: a.state_of("n2") == DEAD and b.state_of("n2") == DEAD)
     assert a.state_of("n1") == ALIVE
 
@@ -142,8 +166,11 @@ async def test_leave_is_seen_as_left_and_a_rejoin_comes_back(start: Start) -> No
     await c.gossip.leave()
     await eventually(lambda: a.state_of("n2") == LEFT and b.state_of("n2") == LEFT)
     assert [m.name for m in c.gossip.members()] == ["n2"]
-    await asyncio.sleep(0.5)
+    # The survivors probe each other and exchange full state a few times: had anything refuted
+    # the leave or declared n2 dead, it would have reached both of them by then.
+    await exchanges_and_rounds([a, b])
     assert a.state_of("n2") == LEFT  # no refutation, no death
+    assert b.state_of("n2") == LEFT
     assert await c.gossip.join([b.address], timeout=2.0)
     await eventually(lambda: a.state_of("n2") == ALIVE and c.state_of("n0") == ALIVE)
 
@@ -153,23 +180,45 @@ async def test_remove_puts_a_member_out_everywhere(start: Start) -> None:
     assert not a.gossip.remove("nobody")
     assert a.gossip.remove("n2")
     await eventually(lambda: b.state_of("n2") == LEFT and c.gossip.membership.left)
-    await asyncio.sleep(0.5)
+    await exchanges_and_rounds([a, b])  # a and b gossip on: the removal must stick
     assert a.state_of("n2") == LEFT
     assert b.state_of("n2") == LEFT
 
 
 async def test_a_node_with_another_key_never_becomes_a_member(start: Start) -> None:
-    a, b, _ = await mesh(start, key="the mesh key")
+    nodes = await mesh(start, key="the mesh key")
+    a, b, _ = nodes
     stranger = await start("stranger", key="another key", seed=9)
     assert not await stranger.gossip.join([a.address], timeout=1.0)
     keyless = await start("keyless", key=None, seed=10)
     assert not await keyless.gossip.join([b.address], timeout=1.0)
-    await asyncio.sleep(1.0)  # let them probe and gossip at the mesh, if they knew how
-    for node in (a, b):
-        assert {m.name for m in node.gossip.members()} == {"n0", "n1", "n2"}
-    assert stranger.gossip.alive_peers() == []
-    assert keyless.gossip.alive_peers() == []
     assert a.gossip.counters()["gossip_push_pull_refused"] >= 1
+    assert b.gossip.counters()["gossip_push_pull_refused"] >= 1
+
+    # A refused join teaches an intruder nothing, so it would never send a datagram: give each
+    # one the mesh's addresses (as if it had them from its configuration), one at a time, and
+    # wait until every mesh node refused several of its datagrams and it saw no one answer.
+    async def intrude(intruder: Node) -> None:
+        before = {node.name: node.gossip.counters()["gossip_dropped_auth"] for node in nodes}
+
+        def refused_by_all(at_least: int) -> bool:
+            return all(
+                node.gossip.counters()["gossip_dropped_auth"] >= before[node.name] + at_least
+                for node in nodes
+            )
+
+        now = intruder.gossip.clock.monotonic()
+        intruder.gossip.membership.merge_state(a.gossip.membership.local_state(), now)
+        await eventually(lambda: refused_by_all(3), within=10.0)
+        await eventually(lambda: intruder.gossip.alive_peers() == [], within=10.0)
+        await intruder.stop()  # the next intruder's datagrams are the only ones refused
+
+    await intrude(stranger)
+    await intrude(keyless)
+    for node in nodes:
+        assert {m.name: m.state for m in node.gossip.members()} == dict.fromkeys(
+            ("n0", "n1", "n2"), ALIVE
+        )
 
 
 async def test_the_push_pull_route_refuses_bad_bodies(start: Start) -> None:
@@ -234,9 +283,8 @@ def test_on_uvloop() -> None:
         nodes = Nodes()
         try:
             a, b, c = await mesh(nodes.start)
-            await asyncio.sleep(5 * PARAMS.probe_interval)  # probes and acks over UDP
+            await exchanges_and_rounds([a, b, c], pushpulls=0)  # probes and acks over UDP
             for node in (a, b, c):
-                assert node.gossip.counters()["gossip_datagrams_received"] > 0
                 assert [m.state for m in node.gossip.members()] == [ALIVE] * 3
             await c.stop()
             nodes.nodes.remove(c)
