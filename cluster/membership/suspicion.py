@@ -18,8 +18,8 @@ against the numbers hashicorp/memberlist produces for the same inputs:
   (or has to refute accusations) is probably the slow one; it stretches its own probe interval
   instead of accusing healthy peers.
 
-`GossipParams` holds the knobs with memberlist's LAN defaults; `for_tests()` scales them down to
-milliseconds. Validation raises ValueError with the field named (no asserts).
+`GossipParams` holds the knobs with memberlist's LAN defaults; the node builds them from its
+Config (`Config.gossip_params`), whose `for_tests()` preset scales them down to milliseconds. Validation raises ValueError with the field named (no asserts).
 """
 
 from __future__ import annotations
@@ -81,21 +81,6 @@ class GossipParams:
         if self.packet_budget < 512:
             raise ValueError(f"packet_budget must be at least 512 bytes, got {self.packet_budget}")
         return self
-
-    @classmethod
-    def for_tests(cls, **overrides: Any) -> GossipParams:
-        """Millisecond intervals for real-socket tests: a crash is seen within about a second."""
-        base: dict[str, Any] = {
-            "probe_interval": 0.1,
-            "probe_timeout": 0.05,
-            "gossip_interval": 0.02,
-            "gossip_to_dead_time": 1.0,
-            "push_pull_interval": 0.5,
-            "reconnect_interval": 0.5,
-            "push_pull_timeout": 1.0,
-        }
-        base.update(overrides)
-        return cls(**base).validate()
 
     def with_(self, **overrides: Any) -> GossipParams:
         """A validated copy with some fields changed."""

@@ -35,11 +35,11 @@ from cluster.app import Node, build_app
 from cluster.config import Config
 from cluster.core.clock import FakeClock
 from cluster.core.kv import Batch
+from cluster.core.ports import PeerError
 from cluster.core.store import Mutation
+from cluster.errors import DecodeError
 from cluster.membership.messages import Alive
 from cluster.net import auth
-from cluster.core.ports import PeerError
-from cluster.errors import DecodeError
 from cluster.replication import repair
 from cluster.replication import wire as replication
 

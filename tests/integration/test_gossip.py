@@ -3,29 +3,37 @@
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import pytest
 import uvloop
-from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
+from cluster.app import Node as KVNode
+from cluster.app import build_app
 from cluster.config import Config
 from cluster.membership.messages import Ack, PushPull, encode_packet
 from cluster.membership.swim import ALIVE, DEAD, LEFT, SUSPECT, MemberEvent
-from cluster.net.clock import SystemClock
-from cluster.net.gossip import GOSSIP_KEY, PUSH_PULL_ROUTE, Gossip, GossipParams, handle_push_pull
+from cluster.net.gossip import PUSH_PULL_ROUTE, Gossip
 
-PARAMS = GossipParams.for_tests()
+PARAMS = Config.for_tests().gossip_params()
 
 
 @dataclass
 class Node:
-    gossip: Gossip
-    runner: web.AppRunner
+    """A whole node on loopback (HTTP for push/pull, UDP for datagrams), watched for its
+    membership events."""
+
+    node: KVNode
+    client: TestClient[Any, Any]
     events: list[MemberEvent] = field(default_factory=list)
+
+    @property
+    def gossip(self) -> Gossip:
+        return self.node.gossip
 
     @property
     def name(self) -> str:
@@ -42,8 +50,8 @@ class Node:
         return None
 
     async def stop(self) -> None:
-        await self.gossip.stop()
-        await self.runner.cleanup()
+        await self.node.stop_mesh(leave=False)
+        await self.client.close()
 
 
 Start = Callable[..., Awaitable[Node]]
@@ -62,30 +70,16 @@ class Nodes:
     async def start(self, name: str, key: str | None = None, seed: int = 1) -> Node:
         # HTTP first (port 0), then UDP on the same number, as the composition root does.
         for _ in range(5):
-            gossip = Gossip(
-                Config.for_tests(),
-                SystemClock(),
-                random.Random(seed),
-                name,
-                "127.0.0.1:0",
-                key,
-                PARAMS,
-            )
-            app = web.Application()
-            app[GOSSIP_KEY] = gossip
-            app.router.add_post(PUSH_PULL_ROUTE, handle_push_pull)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            port = runner.addresses[0][1]
+            kv_node = KVNode(Config.for_tests(name=name, cluster_key=key, seed=seed))
+            client: TestClient[Any, Any] = TestClient(TestServer(build_app(kv_node)))
+            await client.start_server()
             try:
-                await gossip.start(port=port)
+                await kv_node.start_mesh(client.port)
             except OSError:  # that UDP port is taken: try another TCP port
-                await runner.cleanup()
+                await client.close()
                 continue
-            node = Node(gossip, runner)
-            gossip.add_listener(node.events.append)
+            node = Node(kv_node, client)
+            kv_node.gossip.add_listener(node.events.append)
             self.nodes.append(node)
             return node
         raise RuntimeError("no free port pair")
@@ -239,24 +233,6 @@ async def test_the_push_pull_route_refuses_bad_bodies(start: Start) -> None:
         assert await post(plain, encode_packet([Ack(1, "x")], None, 0)) == 400
         assert await post(plain, encode_packet([request], None, 0)) == 200
     assert keyed.gossip.counters()["gossip_dropped_auth"] == 2
-
-
-async def test_the_route_answers_404_without_gossip() -> None:
-    app = web.Application()
-    app.router.add_post(PUSH_PULL_ROUTE, handle_push_pull)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        port = runner.addresses[0][1]
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(f"http://127.0.0.1:{port}{PUSH_PULL_ROUTE}", data=b"") as resp,
-        ):
-            assert resp.status == 404
-    finally:
-        await runner.cleanup()
 
 
 async def test_async_listeners_run_and_failing_listeners_are_contained(start: Start) -> None:

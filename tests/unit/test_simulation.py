@@ -11,6 +11,7 @@ from functools import partial
 
 import pytest
 
+from cluster.config import Config
 from cluster.membership.messages import Alive
 from cluster.membership.suspicion import GossipParams, suspicion_timeout
 from cluster.membership.swim import ALIVE, DEAD, LEFT, SUSPECT
@@ -68,7 +69,7 @@ def test_confirmations_bring_detection_near_the_minimum_timeout(n: int) -> None:
 
 
 def test_the_for_tests_preset_detects_within_a_second_or_two() -> None:
-    fast = GossipParams.for_tests()
+    fast = Config.for_tests().gossip_params()
     sim = Simulation(nodes=3, seed=1, params=fast)
     sim.kill("n2")
     took = sim.run_until(lambda: sim.everyone_sees("n2", {DEAD}), timeout=10, step=0.01)

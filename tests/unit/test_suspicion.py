@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from cluster.config import Config
 from cluster.membership.suspicion import (
     Awareness,
     GossipParams,
@@ -139,7 +140,7 @@ def test_params_defaults_are_memberlist_lan() -> None:
     assert (p.probe_interval, p.probe_timeout, p.indirect_checks) == (1.0, 0.5, 3)
     assert (p.suspicion_mult, p.suspicion_max_timeout_mult, p.retransmit_mult) == (4, 6, 4)
     assert (p.gossip_interval, p.gossip_nodes, p.push_pull_interval) == (0.2, 3, 30.0)
-    fast = GossipParams.for_tests()
+    fast = Config.for_tests().gossip_params()
     assert fast.probe_interval < 1.0
     assert fast.push_pull_interval < 30.0
 
