@@ -30,7 +30,13 @@ from cluster.core.clock import Clock
 from cluster.core.hlc import HybridClock
 from cluster.core.ports import PeerError, PeerTransport
 from cluster.core.store import Store
-from cluster.errors import AddressError, DecodeError, NoSeedReachable, SeedRefused
+from cluster.errors import (
+    AddressError,
+    ClockSkewError,
+    DecodeError,
+    NoSeedReachable,
+    SeedRefused,
+)
 from cluster.membership.swim import ALIVE, DEAD, LEFT, SUSPECT, Member, MemberEvent
 from cluster.net.gossip import Gossip
 from cluster.replication.repair import RepairResult, pull_snapshot, repair_with
@@ -259,6 +265,9 @@ class Lifecycle:
                     continue
                 except DecodeError as exc:
                     logger.warning("node=%s peer=%s bad snapshot: %s", self.name, peer.name, exc)
+                    continue
+                except ClockSkewError as exc:
+                    logger.warning("node=%s peer=%s %s", self.name, peer.name, exc)
                     continue
                 logger.info(
                     "node=%s peer=%s synced %d entries in %.2fs",

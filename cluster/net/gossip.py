@@ -96,7 +96,8 @@ class Gossip:
         self.datagrams = datagrams
         self.peers = peers
         self._loop_task: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        # Insertion-ordered (a dict, not a set), so a seeded simulation replays exactly.
+        self._tasks: dict[asyncio.Task[Any], None] = {}
         self._wake = asyncio.Event()
         self._refusals = RefusalLog(REFUSAL_LOG_INTERVAL)
         # Seeds that answered the last join but would not take us in: seed -> why.
@@ -239,9 +240,12 @@ class Gossip:
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[task] = None
+        task.add_done_callback(self._discard)
         return task
+
+    def _discard(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.pop(task, None)
 
     # --- datagrams ------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -75,28 +75,33 @@ def decode_clear(raw: object) -> Version:
     return (raw[0], raw[1])
 
 
-def merge_entries(store: Store, hlc: HybridClock, entries: Iterable[Mutation]) -> tuple[int, int]:
-    """Merge repaired or snapshot entries; (applied, refused for clock skew).
+def merge_entries(store: Store, hlc: HybridClock, entries: Sequence[Mutation]) -> tuple[int, int]:
+    """Merge repaired or snapshot entries, all or none; (applied, refused for clock skew).
 
-    The clock is read once per call, not per entry: entries beyond the maximum offset are
-    refused, and the clock observes the greatest accepted timestamp once.
+    All or none: if any entry is further ahead than the maximum clock offset, none is applied.
+    The entries are each key's latest version, so the keys of one transaction may carry
+    different timestamps (a later write superseded some of them); applying the entries below the
+    limit and refusing the others would show part of that transaction here. Refused, the whole
+    exchange is retried by a later round, once the clocks agree again. The clock is read once
+    per call and observes the greatest timestamp once.
     """
-    applied = refused = 0
     limit = hlc.limit()
-    greatest = 0
+    greatest = max((m.ts for m in entries), default=0)
+    if greatest > limit:
+        logger.warning(
+            "refused %d entries: the newest is further ahead of our clock than the maximum "
+            "offset (is this node's clock behind?)",
+            len(entries),
+        )
+        return 0, len(entries)
+    applied = 0
     apply = store.apply
     for m in entries:
-        if m.ts > limit:
-            refused += 1
-            continue
-        greatest = max(greatest, m.ts)
         applied += apply(m.key, m.value, m.ts, m.node, m.expires)
     if greatest:
         with contextlib.suppress(ClockSkewError):
             hlc.observe(greatest)
-    if refused:
-        logger.warning("refused %d entries more than the maximum clock offset ahead", refused)
-    return applied, refused
+    return applied, 0
 
 
 def merge_clear(store: Store, hlc: HybridClock, clear: Version) -> bool:
@@ -125,7 +130,15 @@ def digests_reply(store: Store, stable: int = 0) -> bytes:
 
 
 def exchange_reply(store: Store, hlc: HybridClock, body: bytes) -> bytes:
-    """Answer to POST /internal/ae/exchange: our entries in those buckets, then merge theirs."""
+    """Answer to POST /internal/ae/exchange: our entries in the buckets that differ, then merge
+    theirs.
+
+    The requester chose its buckets by comparing its digests with ours as they were when it
+    fetched them; writes may have reached us since. A transaction that arrived meanwhile has its
+    keys in several buckets, some maybe not chosen: sending only the chosen ones would hand over
+    part of it. So the requester sends its digests too (taken when it read its entries), and we
+    add every bucket that differs from ours *now*: whatever we send is a whole transaction.
+    """
     try:
         msg = orjson.loads(body)
         if not isinstance(msg, dict):
@@ -137,9 +150,12 @@ def exchange_reply(store: Store, hlc: HybridClock, body: bytes) -> bytes:
             raise DecodeError("bad bucket list")
         theirs = decode_entries(msg["entries"])
         clear = decode_clear(msg["clear"])
+        their_digests = msg.get("digests")
     except (orjson.JSONDecodeError, KeyError) as exc:
         raise DecodeError(f"malformed exchange: {exc}") from None
     # Read ours and merge theirs in one step (no await): a repaired transaction appears whole.
+    if their_digests is not None:
+        buckets = sorted(set(buckets) | set(diff_buckets(store.digests(), their_digests)))
     mine = store.entries_in_buckets(buckets)
     merge_clear(store, hlc, clear)
     _, refused = merge_entries(store, hlc, theirs)

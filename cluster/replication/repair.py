@@ -13,7 +13,7 @@ import orjson
 from cluster.core.hlc import HybridClock
 from cluster.core.ports import PeerTransport
 from cluster.core.store import Store
-from cluster.errors import DecodeError
+from cluster.errors import ClockSkewError, DecodeError
 from cluster.replication.antientropy import (
     DIGESTS_PATH,
     EXCHANGE_PATH,
@@ -59,15 +59,23 @@ async def repair_with(
     if not isinstance(peer_stable, int) or isinstance(peer_stable, bool):
         peer_stable = None
     merge_clear(store, hlc, decode_clear(raw.get("clear")))
-    differing = diff_buckets(store.digests(), raw.get("digests"))
+    ours = store.digests()
+    differing = diff_buckets(ours, raw.get("digests"))
     if not differing:
         return RepairResult(0, 0, 0, 0, True, peer_stable)
     # One exchange for every differing bucket, both sides reading and merging in one step each,
-    # so that a transaction repaired here (its keys spread over many buckets) appears whole.
+    # so that a transaction repaired here (its keys spread over many buckets) appears whole. Our
+    # digests go along: the peer adds the buckets that changed on its side since (see
+    # antientropy.exchange_reply).
     mine = store.entries_in_buckets(differing)
     ts, node = store.clear_version
     body = orjson.dumps(
-        {"buckets": differing, "clear": [ts, node], "entries": encode_entries(mine)}
+        {
+            "buckets": differing,
+            "clear": [ts, node],
+            "entries": encode_entries(mine),
+            "digests": ours,
+        }
     )
     reply = loads(await client.request("POST", address, EXCHANGE_PATH, body, within))
     if not isinstance(reply, dict):
@@ -87,12 +95,14 @@ async def pull_snapshot(
     client: PeerTransport,
     address: str,
     page: int = 10_000,
-    within: float = 30.0,
+    within: float = 10.0,
 ) -> int:
     """Stream a peer's whole data set into the store, page by page; returns entries received.
 
     The next page is requested before the current one is merged, so the peer serializes while
-    we apply: the two processes work in parallel.
+    we apply: the two processes work in parallel. A page that takes longer than `within` (a
+    peer behind a partition, or stopped) fails the pull, and the caller tries another peer:
+    a page of 10,000 entries takes a fraction of a second, so 10 s only ever waits on the dead.
     """
 
     async def fetch(cursor: str | None) -> dict[str, Any]:
@@ -113,7 +123,13 @@ async def pull_snapshot(
         try:
             merge_clear(store, hlc, decode_clear(reply.get("clear")))
             entries = decode_entries(reply.get("entries"))
-            merge_entries(store, hlc, entries)
+            _, refused = merge_entries(store, hlc, entries)
+            if refused:
+                # Serving part of the data set would be worse than waiting for the clocks.
+                raise ClockSkewError(
+                    f"the snapshot from {address} is ahead of our clock by more than the maximum "
+                    "offset; retrying"
+                )
             received += len(entries)
         except BaseException:
             if pending is not None:
