@@ -87,11 +87,12 @@ explore: $(STAMP)
 	HYPOTHESIS_PROFILE=explore HYPOTHESIS_MAX_EXAMPLES=$(EXAMPLES) $(BIN)/pytest -m hypothesis \
 	  --timeout=0 $$(grep -rl --include='test_*.py' '@given' tests)
 
-# Format check, lint and strict typing.
+# Format check, lint, strict typing and the architecture's import contracts (pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # Apply the formatter and the linter's safe fixes.
 format: $(STAMP)

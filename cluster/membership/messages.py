@@ -33,7 +33,8 @@ from typing import Any, Final, Literal
 
 import orjson
 
-from cluster.errors import DecodeError
+from cluster.core.addresses import parse_hostport
+from cluster.errors import AddressError, DecodeError
 
 VERSION: Final = 1
 MAX_DATAGRAM: Final = 65_507  # the largest UDP payload over IPv4
@@ -251,9 +252,10 @@ def _name(v: object) -> str:
 def _address(v: object) -> str:
     if type(v) is not str or not 0 < len(v) <= MAX_ADDRESS:
         raise _bad("an address must be a non-empty string")
-    host, sep, port = v.rpartition(":")
-    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535:
-        raise _bad(f"an address must be host:port, got {v[:40]!r}")
+    try:
+        parse_hostport(v)
+    except AddressError:
+        raise _bad(f"an address must be host:port, got {v[:40]!r}") from None
     return v
 
 

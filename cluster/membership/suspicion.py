@@ -19,7 +19,8 @@ against the numbers hashicorp/memberlist produces for the same inputs:
   instead of accusing healthy peers.
 
 `GossipParams` holds the knobs with memberlist's LAN defaults; the node builds them from its
-Config (`Config.gossip_params`), whose `for_tests()` preset scales them down to milliseconds. Validation raises ValueError with the field named (no asserts).
+Config (`Config.gossip_params`), whose `for_tests()` preset scales them down to milliseconds.
+Validation raises ValueError with the field named (no asserts).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The whole data plane under a deterministic simulation (FoundationDB's and TigerBeetle's discipline).
+"""The whole data plane under a deterministic simulation (FoundationDB's, TigerBeetle's discipline).
 
 N real nodes (`cluster.app.Node`: store, HLC, membership, replication, anti-entropy, snapshot
 join, the peer service) run in one process on a virtual-time event loop (`loop.VirtualLoop`),
@@ -29,7 +29,6 @@ import logging
 import random
 from dataclasses import dataclass, field
 
-
 from cluster.app import Node
 from cluster.config import Config
 from cluster.core.kv import Batch
@@ -50,7 +49,7 @@ def address_of(i: int) -> str:
     return f"127.0.1.{i + 1}:{PORT}"
 
 
-# --- the plan: everything the seed decides ---------------------------------------------------------
+# --- the plan: everything the seed decides ---------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +256,9 @@ class World:
         elif roll < 0.985:
             keys = rng.sample(KEYS, rng.randint(2, 5))
             kind = "txn"
-            changes = {k: (None if rng.random() < 0.25 else f"{value}.{j}") for j, k in enumerate(keys)}
+            changes = {
+                k: (None if rng.random() < 0.25 else f"{value}.{j}") for j, k in enumerate(keys)
+            }
             batch = kv.write_many(changes.items())
         else:
             kind, changes = "clear", {}
@@ -297,7 +298,7 @@ class World:
     def violation(self, text: str) -> None:
         self.result.violations.append(f"{self.loop.time():8.3f} {text}")
 
-    # --- transactions must never show torn ---------------------------------------------------------
+    # --- transactions must never show torn ----------------------------------------------------
 
     def check_atomic(self) -> None:
         for node in self.serving():
@@ -345,7 +346,10 @@ class World:
         n = self.plan.nodes
         if fault.kind == "partition":
             minority = random.Random(fault.at).sample(range(n), fault.target)
-            groups = [[address_of(i) for i in minority], [address_of(i) for i in range(n) if i not in minority]]
+            groups = [
+                [address_of(i) for i in minority],
+                [address_of(i) for i in range(n) if i not in minority],
+            ]
             self.event(f"partition {minority} for {fault.lasts:.1f}s")
             self.network.partition(*groups)
             await asyncio.sleep(fault.lasts)
@@ -474,5 +478,3 @@ def run(plan: Plan) -> Result:
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
-
-

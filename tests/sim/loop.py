@@ -1,4 +1,4 @@
-"""An asyncio event loop on virtual time: the simulation's clock (trio's autojump clock, for asyncio).
+"""An asyncio event loop on virtual time: the simulation's clock (trio's autojump, for asyncio).
 
 The loop's `time()` is a number that moves only when the loop has nothing ready to run: then it
 jumps straight to the next timer, instead of sleeping until it is due. Every `asyncio.sleep`,
