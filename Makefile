@@ -13,12 +13,21 @@ EXAMPLES ?= 2000
 
 .PHONY: install install-system run stop stress verify test explore lint format bench coverage clean
 
-# The virtualenv with the pinned runtime and development dependencies (re-made when pyproject changes).
-$(STAMP): pyproject.toml
+# The virtualenv: exactly the locked environment (requirements.lock, hashes checked), then the
+# project itself without resolving anything again. Re-made when the lock or pyproject changes.
+$(STAMP): pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# Re-resolve the locked environment after changing a dependency range in pyproject.toml.
+.PHONY: lock
+lock: $(STAMP)
+	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+	  --no-emit-index-url --no-emit-find-links --extra dev --extra load \
+	  -o requirements.lock pyproject.toml
 
 # Install the Python environment and, as root, the Debian packages the tests and benchmarks use.
 install: $(STAMP) install-system
@@ -110,6 +119,14 @@ coverage: install
 # Remove the virtualenv and caches.
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage
+
+# The data-plane simulation on many more seeds than `make test` runs (200): SEEDS=10000 make sim.
+# Each seed is a deterministic run of 5 nodes under faults; a failing seed replays exactly with
+# `python -m tests.sim --seed N -v`.
+SEEDS ?= 2000
+.PHONY: sim
+sim: install
+	$(BIN)/python -m tests.sim --seeds $(SEEDS)
 
 # The fault-injection suite (as root: network namespaces and nft): every scenario on a mesh in
 # namespaces of its own with the nodes' default timing; prints the table and writes it to

@@ -50,7 +50,7 @@ SERIES: dict[str, tuple[str, bool]] = {
         "batches from peers refused: their timestamp was too far ahead of our clock",
         True,
     ),
-    "gossip_datagrams_received": ("gossip datagrams received", True),
+    "gossip_datagrams_received": ("gossip datagrams that arrived, before any check", True),
     "gossip_datagrams_sent": ("gossip datagrams handed to the transport", True),
     "gossip_dropped_malformed": ("gossip packets dropped: garbage, truncated or wrong shape", True),
     "gossip_dropped_auth": ("gossip packets dropped: not signed with our cluster key", True),

@@ -54,6 +54,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from cluster.membership.broadcasts import Broadcasts
 from cluster.membership.messages import (
     PACKET_OVERHEAD,
     Ack,
@@ -190,55 +191,6 @@ class _Relay:
     nack: bool
 
 
-class _Item:
-    __slots__ = ("msg", "order", "size", "transmits")
-
-    def __init__(self, msg: Message, order: int) -> None:
-        self.msg = msg
-        self.order = order
-        self.size = encoded_size(msg)
-        self.transmits = 0
-
-
-class _Broadcasts:
-    """Pending updates, one per member (a newer one replaces the older), fewest sends first.
-
-    Each is sent at most `limit` times; ties go to the newest, as memberlist's
-    TransmitLimitedQueue does, so fresh news overtakes old.
-    """
-
-    __slots__ = ("_counter", "_items")
-
-    def __init__(self) -> None:
-        self._items: dict[str, _Item] = {}
-        self._counter = 0
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def add(self, name: str, msg: Message) -> None:
-        self._counter += 1
-        self._items[name] = _Item(msg, self._counter)
-
-    def clear(self) -> None:
-        self._items.clear()
-
-    def take(self, budget: int, limit: int) -> list[Message]:
-        """Messages fitting in `budget` bytes; each one taken counts as a transmission."""
-        out: list[Message] = []
-        for name, item in sorted(
-            self._items.items(), key=lambda kv: (kv[1].transmits, -kv[1].order)
-        ):
-            if item.size > budget:
-                continue
-            budget -= item.size
-            out.append(item.msg)
-            item.transmits += 1
-            if item.transmits >= limit:
-                del self._items[name]
-        return out
-
-
 class Membership:
     """One node's view of the mesh and the SWIM protocol that maintains it.
 
@@ -261,7 +213,7 @@ class Membership:
         self._me = _Record(name, address, ALIVE, incarnation, 0.0)
         self._members: dict[str, _Record] = {name: self._me}
         self._suspicions: dict[str, SuspicionTimer] = {}
-        self._broadcasts = _Broadcasts()
+        self._broadcasts = Broadcasts()
         self._events: list[MemberEvent] = []
         self._outbox: list[Outgoing] = []  # sent with the answer to whatever caused them
         self._awareness = Awareness(params.awareness_max_multiplier)

@@ -375,7 +375,7 @@ async def skew_within(ctx: Ctx) -> None:
     ctx.heal_at = time.monotonic()
     # Each clock is within the 0.5 s allowed of true time, but they are 0.8 s apart: the slow node
     # refuses what the fast one (and whoever adopted its clock) sends, until anti-entropy.
-    refused = {n: await _metric(ctx, n, "replication_refused_batches") for n in names}
+    refused = {n: await _metric(ctx, n, "replication_refused_batches_total") for n in names}
     ctx.result.notes.append(f"batches refused for skew: {refused}")
 
 
@@ -392,7 +392,7 @@ async def skew_beyond(ctx: Ctx) -> None:
     missing = await _acked_but_missing(ctx, skewed, peers, count=10)
     await asyncio.sleep(max(0.0, ctx.timing.skew_hold - (time.monotonic() - started)))
     ctx.heal_at = time.monotonic()
-    refused = {p: await _metric(ctx, p, "replication_refused_batches") for p in peers}
+    refused = {p: await _metric(ctx, p, "replication_refused_batches_total") for p in peers}
     hlc_ahead = {p: await _hlc_ahead(ctx, p) for p in peers}
     logged = {
         p: bool(re.search(rf"refused a batch from node={skewed}", ctx.rig.log_text(p)))

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 from loadtest import mesh as meshlib
-from loadtest import procs
+from loadtest import procs, supervise
 
 pytestmark = [
     pytest.mark.e2e,
@@ -350,7 +350,7 @@ def runner(tmp_path: Path) -> Iterator[Runner]:
 
 
 def gone(pid: int) -> bool:
-    return not meshlib._alive(pid)
+    return not supervise.alive(pid)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])

@@ -65,7 +65,7 @@ def metrics(node: procs.NodeProc) -> dict[str, float]:
 def exchanged(node: procs.NodeProc) -> float:
     """Full state exchanges (push/pull) this node asked for or served."""
     m = metrics(node)
-    return m["gossip_push_pull_ok"] + m["gossip_push_pull_served"]
+    return m["gossip_push_pull_ok_total"] + m["gossip_push_pull_served_total"]
 
 
 def dump(node: procs.NodeProc) -> dict[str, str]:
@@ -210,24 +210,26 @@ def test_cluster_key_keeps_a_stranger_out(mesh: Mesh) -> None:
     b = mesh.start("--cluster-key", "s3cret", join=a)
     mesh.formed([a, b])
     stranger = mesh.start("--cluster-key", "other")
-    refused = metrics(a)["gossip_push_pull_refused"]
+    refused = metrics(a)["gossip_push_pull_refused_total"]
     seeds = {"seeds": [f"127.0.0.1:{a.port}"]}
     status, body, _ = call(stranger.url + "/cluster/join", "POST", seeds)
     assert status == 502
     assert body["code"] == "SEED_REFUSED"  # a refused push/pull: the keys differ
-    assert metrics(a)["gossip_push_pull_refused"] >= refused + 1  # a got its state and refused it
+    assert (
+        metrics(a)["gossip_push_pull_refused_total"] >= refused + 1
+    )  # a got its state and refused it
     # The stranger's announcement over UDP, signed with its key, as it would gossip it: refused by
     # both (counted), so it definitely arrived.
     announce = encode_packet(
         [Alive(stranger.name, f"127.0.0.1:{stranger.port}", 1)], "other", int(time.time() * 1000)
     )
-    dropped = {n.name: metrics(n)["gossip_dropped_auth"] for n in (a, b)}
+    dropped = {n.name: metrics(n)["gossip_dropped_auth_total"] for n in (a, b)}
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         for n in (a, b):
             for _ in range(5):
                 s.sendto(announce, ("127.0.0.1", n.port))
     eventually(
-        lambda: all(metrics(n)["gossip_dropped_auth"] >= dropped[n.name] + 5 for n in (a, b)),
+        lambda: all(metrics(n)["gossip_dropped_auth_total"] >= dropped[n.name] + 5 for n in (a, b)),
         what="a and b refused the stranger's datagrams",
     )
     # Then a and b exchange their full state (push/pull every second): had either taken the

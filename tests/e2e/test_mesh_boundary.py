@@ -121,7 +121,9 @@ def assert_serves(node: procs.NodeProc) -> None:
 def gossip_counts(node: procs.NodeProc) -> tuple[float, float]:
     """(full state exchanges asked for or served, datagrams received) so far."""
     m = metrics(node)
-    return m["gossip_push_pull_ok"] + m["gossip_push_pull_served"], m["gossip_datagrams_received"]
+    return m["gossip_push_pull_ok_total"] + m["gossip_push_pull_served_total"], m[
+        "gossip_datagrams_received_total"
+    ]
 
 
 def wait_for_gossip(nodes: list[procs.NodeProc], pushpulls: int = 2, datagrams: int = 10) -> None:
@@ -208,8 +210,8 @@ def test_garbage_truncated_and_maximum_size_datagrams_are_dropped_and_counted(pl
 
     def counted() -> bool:
         m = metrics(a)
-        return m["gossip_dropped_malformed"] >= len(garbage) + len(crafted) - 1 and (
-            m["gossip_dropped_auth"] >= 1
+        return m["gossip_dropped_malformed_total"] >= len(garbage) + len(crafted) - 1 and (
+            m["gossip_dropped_auth_total"] >= 1
         )
 
     eventually(counted, what=f"drops counted: {metrics(a)}")
@@ -237,21 +239,21 @@ def test_a_flood_of_garbage_datagrams_does_not_stop_the_node(plain: Pair) -> Non
     flooder.start()
     try:
         eventually(
-            lambda: metrics(a)["gossip_dropped_malformed"] >= 1000, what="the flood reaches a"
+            lambda: metrics(a)["gossip_dropped_malformed_total"] >= 1000, what="the flood reaches a"
         )
         for _ in range(20):
             assert_serves(a)
         # Probe rounds under the flood: b receives a's pings and its acks (b probes nothing but
         # a), and a keeps dropping garbage meanwhile.
-        flooded = metrics(a)["gossip_dropped_malformed"]
+        flooded = metrics(a)["gossip_dropped_malformed_total"]
         wait_for_gossip([plain.b], pushpulls=0, datagrams=10)
-        assert metrics(a)["gossip_dropped_malformed"] > flooded
+        assert metrics(a)["gossip_dropped_malformed_total"] > flooded
         for node in (a, plain.b):
             assert {n: s for n, (s, _) in members(node).items()} == {"a": "alive", "b": "alive"}
     finally:
         stop.set()
         flooder.join()
-    assert metrics(a)["gossip_dropped_malformed"] > 1000
+    assert metrics(a)["gossip_dropped_malformed_total"] > 1000
 
 
 # --- node-to-node HTTP bodies ---------------------------------------------------------------------
@@ -275,12 +277,12 @@ def test_malformed_replication_bodies_are_refused_counted_and_change_nothing(
 ) -> None:
     a = plain.a
     call(a.url + "/set?k=kept&v=1")
-    before, counted = dump(a), metrics(a)["internal_rejected_malformed"]
+    before, counted = dump(a), metrics(a)["internal_rejected_malformed_total"]
     for body in BAD_BODIES:
         status, raw = call(a.url + path, "POST", body, {"Content-Type": "application/json"})
         assert status == 400, (body, raw)
         assert json.loads(raw)["code"] == "INVALID_BODY"
-    assert metrics(a)["internal_rejected_malformed"] >= counted + len(BAD_BODIES)
+    assert metrics(a)["internal_rejected_malformed_total"] >= counted + len(BAD_BODIES)
     assert dump(a) == before
     assert_serves(a)
 
@@ -322,12 +324,12 @@ def test_bad_snapshot_requests_are_refused(plain: Pair) -> None:
 
 def test_push_pull_garbage_is_refused_and_counted(plain: Pair) -> None:
     a = plain.a
-    before = metrics(a)["gossip_push_pull_refused"]
+    before = metrics(a)["gossip_push_pull_refused_total"]
     rogue = encode_packet([Alive("intruder", "127.0.0.1:9", 1)], None, now_ms())  # not a push/pull
     for body in (b"", b"garbage", b"\x00[1]", rogue):
         status, _ = call(a.url + "/internal/gossip/pushpull", "POST", body)
         assert status == 400
-    assert metrics(a)["gossip_push_pull_refused"] >= before + 4
+    assert metrics(a)["gossip_push_pull_refused_total"] >= before + 4
     assert "intruder" not in members(a)
 
 
@@ -337,10 +339,10 @@ def test_a_replicated_timestamp_far_ahead_is_refused_counted_and_not_adopted(pla
     body = json.dumps(
         {"v": 1, "from": "b", "stable": 0, "batches": [[ahead, "b", False, [["fut", "v", None]]]]}
     ).encode()
-    before = metrics(a)["replication_refused_batches"]
+    before = metrics(a)["replication_refused_batches_total"]
     assert call(a.url + "/internal/replicate", "POST", body)[0] == 200
     m = metrics(a)
-    assert m["replication_refused_batches"] == before + 1
+    assert m["replication_refused_batches_total"] == before + 1
     assert m["hlc_last_wall_ms"] < now_ms() + 1000
     assert call(a.url + "/get?k=fut")[0] == 404
     assert "refused a batch from node=b" in a.log.read_text()
@@ -369,9 +371,9 @@ def test_with_a_cluster_key_unauthenticated_gossip_changes_no_membership(keyed: 
     def counted() -> bool:
         m = metrics(a)
         return (
-            m["gossip_dropped_auth"] >= before["gossip_dropped_auth"] + 8
-            and m["gossip_dropped_stale"] >= before["gossip_dropped_stale"] + 4
-            and m["gossip_dropped_malformed"] >= before["gossip_dropped_malformed"] + 4
+            m["gossip_dropped_auth_total"] >= before["gossip_dropped_auth_total"] + 8
+            and m["gossip_dropped_stale_total"] >= before["gossip_dropped_stale_total"] + 4
+            and m["gossip_dropped_malformed_total"] >= before["gossip_dropped_malformed_total"] + 4
         )
 
     eventually(counted, what=f"drops counted: {metrics(a)}")
@@ -384,14 +386,16 @@ def test_with_a_cluster_key_unauthenticated_gossip_changes_no_membership(keyed: 
     join = PushPull("intruder", "127.0.0.1:9", True, False, ())
     for packet in (encode_packet([join], None, now_ms()), encode_packet([join], KEY, 1)):
         assert call(a.url + "/internal/gossip/pushpull", "POST", packet)[0] == 401
-    assert metrics(a)["gossip_push_pull_refused"] >= before["gossip_push_pull_refused"] + 2
+    assert (
+        metrics(a)["gossip_push_pull_refused_total"] >= before["gossip_push_pull_refused_total"] + 2
+    )
     assert "intruder" not in members(a)
 
 
 def test_with_a_cluster_key_unauthenticated_requests_neither_write_nor_read(keyed: Pair) -> None:
     a = keyed.a
     call(a.url + "/set?k=secret&v=s3cret")
-    before = metrics(a)["internal_rejected_unauthenticated"]
+    before = metrics(a)["internal_rejected_unauthenticated_total"]
     write = json.dumps(
         {
             "v": 1,
@@ -416,7 +420,7 @@ def test_with_a_cluster_key_unauthenticated_requests_neither_write_nor_read(keye
         assert status == 401, (path, raw)
         assert b"s3cret" not in raw
         assert json.loads(raw)["code"] == "UNAUTHORIZED"
-    assert metrics(a)["internal_rejected_unauthenticated"] >= before + len(attempts)
+    assert metrics(a)["internal_rejected_unauthenticated_total"] >= before + len(attempts)
     assert call(a.url + "/get?k=evil")[0] == 404
     assert call(keyed.b.url + "/get?k=evil")[0] == 404
     # A correctly signed request is still served (the key works; the refusals were the point).
@@ -435,9 +439,9 @@ def test_with_a_cluster_key_unauthenticated_requests_neither_write_nor_read(keye
         auth.HEADER: auth.signature(KEY, "GET", path, b"", old_ms),
         auth.TIME_HEADER: str(old_ms),
     }
-    counted = metrics(a)["internal_rejected_unauthenticated"]
+    counted = metrics(a)["internal_rejected_unauthenticated_total"]
     assert call(a.url + path, headers=replayed)[0] == 401
-    assert metrics(a)["internal_rejected_unauthenticated"] == counted + 1
+    assert metrics(a)["internal_rejected_unauthenticated_total"] == counted + 1
 
 
 # --- slow and idle clients ------------------------------------------------------------------------
