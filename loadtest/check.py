@@ -23,7 +23,9 @@ waits for convergence, reads every node directly (paged GET /keys) and checks:
    write be answered after the replication timeout with fewer acks, and that is reported apart.
 
 It prints a verdict with the counts and exits 0 (pass), 1 (a violation) or 2 (it could not run).
-The decision logic (`judge`) is pure and unit-tested with histories that violate each rule.
+The decision logic (`judge`) is pure and unit-tested with histories that violate each rule; what
+last-writer-wins allows for one key (rules 2 and 3) is `loadtest.oracle`'s to decide, the same
+oracle the fault verdict and the data-plane simulation ask.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from typing import Any
 import aiohttp
 
 from loadtest import mesh as meshlib
-from loadtest import procs
+from loadtest import oracle, procs
 
 ACKED, REJECTED, UNKNOWN = "acked", "rejected", "unknown"
 REQUEST_TIMEOUT = 15.0  # seconds: nginx's retries plus a sync write's replication timeout
@@ -138,66 +140,36 @@ def _describe(op: Op, key: str) -> str:
     return f"op {op.id} {what} (ts {op.ts}, node {op.node or '?'}, {op.outcome})"
 
 
+def _as_write(op: Op, key: str) -> oracle.Write:
+    """What the history tells the oracle of one op's write to `key`: an acknowledged op must
+    survive at (its X-Timestamp, the node that answered, or None if unknown); an op without an
+    answer may or may not have been applied, at a timestamp we never saw. (Rejected ops wrote
+    nothing and are left out.)"""
+    label = f"{op.outcome} op {op.id}"
+    if op.outcome == ACKED:
+        assert op.ts is not None
+        return oracle.Write((op.ts, op.node), op.changes[key], True, label)
+    return oracle.Write(None, op.changes[key], False, label)
+
+
 def judge_key(key: str, ops: Sequence[Op], final: str | None, report: Report) -> None:
-    """Check one key's converged value against the writes made to it (rules 2 and 3)."""
-    acked = [o for o in ops if o.outcome == ACKED]
-    unknown = [o for o in ops if o.outcome == UNKNOWN]
+    """Check one key's converged value against the writes made to it (rules 2 and 3).
+
+    `loadtest.oracle` decides; this only counts. The value alone is known (read through HTTP),
+    so a value only an unanswered write explains counts as `won_by_unknown`, and a timestamp tie
+    with an unknown node (either may have won) as one of `ties`.
+    """
     if final is None:
         report.keys_absent += 1
     else:
         report.keys_present += 1
-    if acked:
-        top = max(o.order() for o in acked)
-        # The winner among acknowledged writes; with equal timestamps and a node we could not
-        # name, the order between them is unknown, so each of them may have won.
-        tied = [o for o in acked if o.ts == top[0] and (o.order() == top or o.node is None)]
-        if any(o.node is None for o in tied) and len(tied) > 1:
-            report.ties += 1
-        if any(o.changes[key] == final for o in tied):
-            return
-        best = max(tied, key=Op.order)
-    elif final is None:
-        return  # only rejected or unknown writes, and nothing there: fine
-    else:
-        best = None
-    if any(o.changes[key] == final for o in unknown):
-        report.won_by_unknown += 1  # its answer was lost; it may carry the greatest timestamp
-        return
-    older = [o for o in acked if o.changes[key] == final]
-    if best is None:
-        report.violations.append(
-            Violation("phantom", key, f"holds {final!r}, which no write to this key stored")
-        )
-    elif final is None:
-        report.violations.append(
-            Violation(
-                "lost-write",
-                key,
-                f"is absent; the latest acknowledged write is {_describe(best, key)}",
-            )
-        )
-    elif older and best.changes[key] is None:
-        report.violations.append(
-            Violation(
-                "resurrected",
-                key,
-                f"holds {final!r} from {_describe(older[0], key)}, "
-                f"but {_describe(best, key)} came later",
-            )
-        )
-    elif older:
-        report.violations.append(
-            Violation(
-                "lost-write",
-                key,
-                f"holds {final!r} from {_describe(older[0], key)}, "
-                f"not the later {_describe(best, key)}",
-            )
-        )
-    else:
-        report.violations.append(
-            Violation("phantom", key, f"holds {final!r}, which no write to this key stored")
-        )
+    writes = [_as_write(o, key) for o in ops if o.outcome != REJECTED]
+    decision = oracle.decide(key, writes, final)
+    report.ties += int(decision.tie)
+    report.won_by_unknown += int(decision.uncertain)
+    if decision.violation is not None:
+        v = decision.violation
+        report.violations.append(Violation(v.rule, key, v.detail))
 
 
 def diverged(data: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, str | None]]:

@@ -10,14 +10,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
+from cluster.core.clock import Clock
 from cluster.core.hlc import HybridClock
 from cluster.core.store import Entry, Mutation, Store
 from cluster.errors import BadRequest
-
-if TYPE_CHECKING:  # the protocol only: the clock itself is injected (cluster.clock reads time)
-    from cluster.core.clock import Clock
 
 
 class Batch(NamedTuple):

@@ -26,10 +26,9 @@ import heapq
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import Generic, TypeVar
 
-if TYPE_CHECKING:  # the protocol only: cluster.clock is the module that reads time
-    from cluster.core.clock import Clock
+from cluster.core.clock import Clock
 
 P = TypeVar("P")
 

@@ -1,8 +1,5 @@
 """The verdict: after the faults heal and writes stop, is the data what last-writer-wins promises?
 
-Self-contained on purpose: `loadtest/check.py` (the deployment issue's checker, written at the same
-time) did not exist when this was written, and its model is simpler (no faults, no timestamps).
-
 What is read, from every alive node directly (never through the balancer):
 
 - `GET /getAll`: the client's view (live keys only, expired ones excluded);
@@ -11,17 +8,21 @@ What is read, from every alive node directly (never through the balancer):
   the version of values whose write was never acknowledged, and of transactions (the line
   protocol's COMMIT carries no timestamp: each transaction writes a marker key of its own).
 
-The rules (`judge`), per key, with `newest` the acknowledged write (or acknowledged clear) of
-greatest timestamp that touched it:
+Per key, what last-writer-wins allows is decided by `loadtest.oracle` (the same oracle
+`loadtest.check` and the data-plane simulation ask), given the key's writes as the history shows
+them (`_oracle_writes`: acknowledged clears write every key, an expired TTL write is a delete at
+its version) and the node's entry at the version its snapshot shows. Counted here:
 
-- lost:        `newest` says the key holds value V, and the node shows an older version, or
-               nothing (no newer tombstone, clear or attempted delete explains the absence);
-- resurrected: `newest` is a delete, a clear or an expired TTL write, and the node shows a live
-               value of an older version;
-- phantom:     a live value no recorded write produced;
+- lost:        an acknowledged value is gone: the node shows an older version, or nothing (no
+               newer tombstone, clear or attempted delete explains the absence); also an
+               acknowledged clear the node's clear version does not reach;
+- resurrected: the newest acknowledged write is a delete, a clear or an expired TTL write, and
+               the node shows a live value of an older version;
+- phantom:     a live value no write that may be in the store produced (at that version);
 - partial:     a batch or transaction (acknowledged or not) of which some key shows its value
                while another of its keys shows a version *older* than it (torn);
-- an unacknowledged write may win: a value whose version is at least `newest` is fine;
+- an unacknowledged write may win: a value whose version is at least the newest acknowledged
+  one is fine;
 - unverified:  an absence the verdict can neither confirm nor refute, because only a delete,
                expiry or clear of unknown version may explain it (unacknowledged, or its
                tombstone purged): not a failure, but counted and shown in the report.
@@ -51,6 +52,7 @@ import orjson
 
 from cluster.core.hlc import wall_seconds_of
 from cluster.net import auth
+from loadtest import oracle
 from loadtest.faults.load import Write
 
 Version = tuple[int, str]
@@ -217,28 +219,17 @@ class Verdict:
             self.details.append(text)
 
 
-@dataclass(frozen=True, slots=True)
-class _Op:
-    """One write's effect on one key: a value (None: delete; `clear`: a range tombstone)."""
-
-    write: Write
-    value: str | None
-    ts: int
-    clear: bool = False
-
-    def live_at(self, now: float) -> bool | None:
-        """Should this op leave the key visible at wall time `now`? None: too close to call."""
-        if self.clear or self.value is None:
-            return False
-        ttl = self.write.ttl
-        if ttl is None:
-            return True
-        expires = wall_seconds_of(self.ts) + ttl
-        if expires < now - TTL_MARGIN:
-            return False
-        if expires > now + TTL_MARGIN:
-            return True
-        return None
+def _live_at(w: Write, ts: int, now: float) -> bool | None:
+    """Should `w`'s value, stamped `ts`, still be visible at wall time `now`? None: too close to
+    call (its TTL runs out within TTL_MARGIN of `now`: clock skew and scheduling decide)."""
+    if w.ttl is None:
+        return True
+    expires = wall_seconds_of(ts) + w.ttl
+    if expires < now - TTL_MARGIN:
+        return False
+    if expires > now + TTL_MARGIN:
+        return True
+    return None
 
 
 def _transaction_versions(writes: Sequence[Write], state: NodeState) -> dict[int, int]:
@@ -254,51 +245,93 @@ def _transaction_versions(writes: Sequence[Write], state: NodeState) -> dict[int
     return out
 
 
+def _label(w: Write) -> str:
+    return f"{'acknowledged' if w.acked else 'attempted'} {w.kind} #{w.id} via {w.via}"
+
+
+def _oracle_writes(
+    writes: Sequence[Write], txn_ts: dict[int, int], now: float
+) -> tuple[dict[str, list[oracle.Write]], list[oracle.Write]]:
+    """What the history tells `loadtest.oracle`: each key's writes, and the clears (every key's).
+
+    Only writes that may be in the store count (a refused or no-op one wrote nothing). An
+    acknowledged write with a timestamp (X-Timestamp, or its transaction's marker) is certain at
+    (that timestamp, the node that answered, None if unknown); without one it may explain a value
+    or an absence, never has to. An unacknowledged write may or may not have been applied, at a
+    version never seen; its span lets the oracle rule it out against a write sent after it was
+    answered. A TTL write is a value while its TTL runs, then a delete at its version (its value
+    may still show where the expiry has not been applied yet); too close to call, either. A value
+    sent through the balancer may also have been stored by an attempt nginx gave up on (a broken
+    connection), at a version the answer did not report: that twin can explain where the value
+    shows, never has to, and never explains an absence.
+    """
+    per_key: dict[str, list[oracle.Write]] = {}
+    clears: list[oracle.Write] = []
+    for w in writes:
+        if not w.maybe_applied:
+            continue
+        label, span = _label(w), (w.start, w.end)
+        ts = w.ts if w.ts is not None else txn_ts.get(w.id)
+        version = (ts, w.node) if w.acked and ts is not None else None
+        if w.kind == "clear":
+            clears.append(oracle.Write(version, None, w.acked, label, span))
+            continue
+        for key, value in zip(w.keys, w.values, strict=True):
+            out = per_key.setdefault(key, [])
+            if version is None or value is None:
+                out.append(oracle.Write(version, value, w.acked, label, span))
+                continue
+            assert ts is not None
+            live = _live_at(w, ts, now)
+            out.append(oracle.Write(version, value, live is not False, label, span))
+            if live is not True:
+                out.append(oracle.Write(version, None, True, f"{label}, expired", span))
+            if w.via == "lb" and w.kind != "txn":
+                out.append(oracle.Write(None, value, False, f"{label}, an earlier attempt", span))
+    return per_key, clears
+
+
 def judge(writes: Sequence[Write], state: NodeState, now: float | None = None) -> Verdict:
-    """Judge one node's converged state against the history of writes (see the module doc)."""
+    """Judge one node's converged state against the history of writes (see the module doc).
+
+    Per key, `loadtest.oracle` decides from the node's entry (the live value or a tombstone, at
+    the version its snapshot shows; nothing at all if absent and purged): this counts. Only an
+    absence is unverified: where an entry exists its version settles the question.
+    """
     now = time.time() if now is None else now
     v = Verdict(
         acked=sum(1 for w in writes if w.acked),
         attempted=sum(1 for w in writes if w.outcome != "noop"),
     )
     txn_ts = _transaction_versions(writes, state)
-    producers: dict[tuple[str, str], Write] = {}
-    per_key: dict[str, list[_Op]] = {}
-    clears: list[_Op] = []
-    attempted_deletes: dict[str, list[Write]] = {}
-    # Every clear that may be in the store, known before the loop: a transaction sent before
-    # the clear is judged against it.
+    # Every clear that may be in the store: a transaction sent before the clear is judged
+    # against it.
     clear_writes = [w for w in writes if w.kind == "clear" and w.maybe_applied]
     for w in writes:
-        if w.kind == "clear":
-            if w.acked and w.ts is not None:
-                clears.append(_Op(w, None, w.ts, clear=True))
-            continue
-        for key, value in zip(w.keys, w.values, strict=True):
-            if value is not None:
-                producers[(key, value)] = w
-            elif not w.acked and w.maybe_applied:
-                attempted_deletes.setdefault(key, []).append(w)
-        ts = w.ts if w.ts is not None else txn_ts.get(w.id)
-        if not w.acked:
-            continue
-        if ts is None:
-            if w.kind == "txn":
-                _judge_lost_transaction(w, state, clear_writes, v)
-            continue
-        for key, value in zip(w.keys, w.values, strict=True):
-            per_key.setdefault(key, []).append(_Op(w, value, ts))
-    newest_clear = max(clears, key=_version, default=None)
-    if newest_clear is not None and state.clear < _version(newest_clear):
+        if w.kind == "txn" and w.acked and w.ts is None and w.id not in txn_ts:
+            _judge_lost_transaction(w, state, clear_writes, v)
+    acked_clears = [w for w in clear_writes if w.acked and w.ts is not None]
+    newest_clear = max(acked_clears, key=lambda w: (w.ts or 0, w.node or ""), default=None)
+    if newest_clear is not None and state.clear < (newest_clear.ts or 0, newest_clear.node or ""):
         v.lost += 1
         v.note(f"clear at ts={newest_clear.ts} lost: the node's clear version is {state.clear}")
-    attempted_clears = [w for w in clear_writes if not w.acked]
+    per_key, clears = _oracle_writes(writes, txn_ts, now)
     for key in sorted(set(per_key) | set(state.live)):
-        _judge_key(key, per_key.get(key, []), newest_clear, state, producers, v, now)
-        if key in per_key and key not in state.live and key not in state.stored:
-            _judge_absent(
-                key, per_key[key], newest_clear, attempted_deletes, attempted_clears, v, now
-            )
+        live, entry = state.live.get(key), state.stored.get(key)
+        decision = oracle.decide(
+            key, per_key.get(key, []) + clears, live, entry.version if entry else None
+        )
+        if decision.violation is not None:
+            rule = decision.violation.rule
+            if rule == "phantom":
+                v.phantom += 1
+            elif rule == "resurrected":
+                v.resurrected += 1
+            else:
+                v.lost += 1
+            v.note(f"{key}: {decision.violation.detail}")
+        elif decision.uncertain and live is None and entry is None:
+            v.unverified += 1  # only a delete or clear of unknown version may explain it
     deleted = {  # keys that may hold a purged tombstone: deleted, or written with a TTL
         k
         for w in writes
@@ -312,83 +345,6 @@ def judge(writes: Sequence[Write], state: NodeState, now: float | None = None) -
     return v
 
 
-def _version(op: _Op) -> tuple[int, str]:
-    """The order of writes under last-writer-wins: (timestamp, writer node)."""
-    return (op.ts, op.write.node or "")
-
-
-def _newest(ops: list[_Op], clear: _Op | None) -> _Op | None:
-    best = max(ops, key=_version, default=None)
-    # Equal timestamps happen (two nodes' HLCs in the same millisecond): the node name decides.
-    if clear is not None and (best is None or _version(clear) > _version(best)):
-        return clear
-    return best
-
-
-def _judge_key(
-    key: str,
-    ops: list[_Op],
-    clear: _Op | None,
-    state: NodeState,
-    producers: dict[tuple[str, str], Write],
-    v: Verdict,
-    now: float,
-) -> None:
-    live = state.live.get(key)
-    entry = state.stored.get(key)
-    if live is not None and (key, live) not in producers:
-        v.phantom += 1
-        v.note(f"{key}={live!r}: no recorded write produced this value")
-        return
-    newest = _newest(ops, clear)
-    if newest is None or entry is None:
-        return  # nothing acknowledged, or absent (judged by _judge_absent)
-    node = newest.write.node
-    if entry.ts > newest.ts or (entry.ts == newest.ts and (node is None or entry.node >= node)):
-        return  # the newest acknowledged write, or something newer (attempted writes may win)
-    expected = newest.live_at(now)
-    if live is not None and expected is False:
-        v.resurrected += 1
-        v.note(
-            f"{key}={live!r} (ts={entry.ts} {entry.node}) came back over the {newest.write.kind}"
-            f" #{newest.write.id} at ts={newest.ts}"
-        )
-    elif expected is True:
-        v.lost += 1
-        shown = repr(live) if live is not None else f"a tombstone/expired {entry.value!r}"
-        v.note(
-            f"{key}: acknowledged {newest.write.kind} #{newest.write.id} {newest.value!r} "
-            f"ts={newest.ts} via {newest.write.via} lost; the node shows {shown} at older "
-            f"ts={entry.ts} ({entry.node})"
-        )
-
-
-def _judge_absent(
-    key: str,
-    ops: list[_Op],
-    clear: _Op | None,
-    attempted_deletes: dict[str, list[Write]],
-    attempted_clears: list[Write],
-    v: Verdict,
-    now: float,
-) -> None:
-    """The key has no entry at all: deleted and purged, cleared, or lost."""
-    newest = _newest(ops, clear)
-    if newest is None or newest.live_at(now) is not True:
-        return
-    # A purged tombstone of an attempted delete (or an attempted clear) that ended after the
-    # newest acknowledged write began may be newer than it: unverifiable, not lost.
-    start = newest.write.start
-    if any(w.end >= start for w in attempted_deletes.get(key, []) + attempted_clears):
-        v.unverified += 1
-        return
-    v.lost += 1
-    v.note(
-        f"{key}: acknowledged {newest.write.kind} #{newest.write.id} {newest.value!r} "
-        f"ts={newest.ts} via {newest.write.via} lost; the key is absent"
-    )
-
-
 def _judge_lost_transaction(
     w: Write, state: NodeState, clear_writes: Sequence[Write], v: Verdict
 ) -> None:
@@ -399,11 +355,11 @@ def _judge_lost_transaction(
     transaction still shows the transaction's value, that entry carries the transaction's
     version, and the node's clear is compared with it as the store compares them. Otherwise the
     version is unknown (COMMIT carries none, the marker is gone) and only the timing can tell, as
-    for single writes against an attempted clear in `_judge_absent`: a clear stamped before the
-    transaction began cannot cover it, so only a clear that ended at or after the transaction's
-    start may have. (A clear that ended earlier was stamped earlier, as far as the nodes' clocks
-    agree; the suite clears only in scenarios without clock skew.) Such a clear, acknowledged,
-    makes the transaction `cleared`; only attempted, `unverified`.
+    the oracle tells it by their spans for a delete or clear of unknown version: a clear stamped
+    before the transaction began cannot cover it, so only a clear that ended at or after the
+    transaction's start may have. (A clear that ended earlier was stamped earlier, as far as the
+    nodes' clocks agree; the suite clears only in scenarios without clock skew.) Such a clear,
+    acknowledged, makes the transaction `cleared`; only attempted, `unverified`.
     """
     marker = w.keys[-1]
     if marker in state.stored:

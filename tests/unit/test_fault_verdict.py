@@ -1,10 +1,17 @@
 """The fault suite's verdict (loadtest.faults.verdict.judge) on hand-made histories and states.
 
 The judge decides whether the fault suite passes, so it gets tests of its own: each rule once
-with the state that satisfies it and once with the state that breaks it.
+with the state that satisfies it and once with the state that breaks it. What last-writer-wins
+allows for one key is loadtest.oracle's decision (its rules are tested in test_oracle.py); here,
+how the verdict models the history for it (outcomes, TTLs, clears, transactions, the balancer's
+retries) and what it counts.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
 
 from loadtest.faults.load import Write
 from loadtest.faults.scenarios import QUICK, Result, markdown, take_verdicts
@@ -75,19 +82,82 @@ def test_the_newest_acknowledged_write_held_is_fine() -> None:
     assert (v.acked, v.lost) == (2, 0)
 
 
-def test_an_older_value_over_a_newer_acknowledged_one_is_lost() -> None:
-    h = History()
+def _lost_rule(h: History) -> None:
     h.set("a", "v1", 1)
     h.set("a", "v2", 2)
-    v = verdict(h, state({"a": ("v1", 1, "n1")}))
-    assert v.lost == 1
-    assert "v2" in v.details[0]
 
 
-def test_an_acknowledged_value_missing_altogether_is_lost() -> None:
+def _deleted(h: History) -> None:
+    h.set("a", "v1", 1)
+    h.delete("a", 2)
+
+
+def _late(h: History) -> None:
+    h.set("a", "v1", 2)
+    h.set("a", "late", None, outcome="timeout")
+
+
+@pytest.mark.parametrize(
+    ("history", "stored", "counts"),
+    [
+        (_lost_rule, {"a": ("v1", 1, "n1")}, (1, 0, 0)),  # an older value over a newer ack
+        (_lost_rule, {}, (1, 0, 0)),  # the acknowledged value missing altogether
+        (_deleted, {"a": (None, 2, "n1")}, (0, 0, 0)),
+        (_deleted, {"a": ("v1", 1, "n1")}, (0, 1, 0)),  # a value over a newer delete
+        (_lost_rule, {"a": ("forged", 5, "n9")}, (0, 0, 1)),  # no write produced it
+        (_late, {"a": ("late", 3, "n2")}, (0, 0, 0)),  # an unacknowledged write newer: it won
+        (_late, {"a": ("late", 1, "n2")}, (1, 0, 0)),  # older than an ack: it may not win
+    ],
+    ids=["older", "missing", "deleted", "resurrected", "phantom", "late-newer", "late-older"],
+)
+def test_the_oracles_rules_reach_the_counters(
+    history: Callable[[History], None],
+    stored: dict[str, tuple[str | None, float, str]],
+    counts: tuple[int, int, int],
+) -> None:
+    h = History()
+    history(h)
+    v = verdict(h, state(stored))
+    assert (v.lost, v.resurrected, v.phantom) == counts, v.details
+
+
+def test_a_refused_write_explains_no_value() -> None:
     h = History()
     h.set("a", "v1", 1)
-    assert verdict(h, state({})).lost == 1
+    h.set("a", "nope", None, outcome="refused")  # a 4xx: nothing was written
+    assert verdict(h, state({"a": ("nope", 3, "n2")})).phantom == 1
+
+
+def test_a_value_shows_at_its_acknowledged_version_unless_nginx_may_have_retried() -> None:
+    # Sent to a node directly, a write has one version: its value elsewhere was stored by no one.
+    h = History()
+    direct = h.set("a", "v1", 2)
+    direct.via = direct.node = "n1"
+    assert verdict(h, state({"a": ("v1", 2, "n1")})).ok
+    assert verdict(h, state({"a": ("v1", 3, "n1")})).phantom == 1
+    # Through the balancer an earlier attempt (a broken connection, retried on another node) may
+    # have stored it at a version the answer did not report.
+    h = History()
+    h.set("a", "v1", 2)
+    assert verdict(h, state({"a": ("v1", 3, "n2")})).ok
+
+
+def test_a_ttl_too_close_to_call_may_show_or_not_but_nothing_older() -> None:
+    h = History()
+    h.set("a", "old", 1)
+    h.set("a", "short", 2, ttl=NOW - 1_700_000_002)  # runs out right now
+    assert verdict(h, state({"a": ("short", 2, "n1")})).ok
+    assert verdict(h, state({"a": (None, 2, "n1")})).ok
+    assert verdict(h, state({})).ok
+    assert not verdict(h, state({"a": ("old", 1, "n1")})).ok
+
+
+def test_an_acknowledged_clear_without_a_timestamp_leaves_absences_unverified() -> None:
+    h = History()
+    h.set("a", "v1", 1)
+    h.add("clear", (), (), None, start=0.005)  # acknowledged, but no X-Timestamp came back
+    v = verdict(h, state({}))
+    assert (v.lost, v.unverified) == (0, 1)
 
 
 def test_an_unacknowledged_delete_may_explain_an_absence() -> None:
@@ -98,29 +168,6 @@ def test_an_unacknowledged_delete_may_explain_an_absence() -> None:
     assert (v.lost, v.unverified) == (0, 1)
 
 
-def test_an_unacknowledged_write_newer_than_every_ack_may_win() -> None:
-    h = History()
-    h.set("a", "v1", 1)
-    h.set("a", "late", None, outcome="timeout")
-    assert verdict(h, state({"a": ("late", 3, "n2")})).ok
-
-
-def test_an_unacknowledged_write_older_than_an_ack_may_not_win() -> None:
-    h = History()
-    h.set("a", "v1", 2)
-    h.set("a", "early", None, outcome="failed")
-    assert verdict(h, state({"a": ("early", 1, "n2")})).lost == 1
-
-
-def test_a_value_over_a_newer_delete_is_resurrected() -> None:
-    h = History()
-    h.set("a", "v1", 1)
-    h.delete("a", 2)
-    assert verdict(h, state({"a": (None, 2, "n1")})).ok
-    v = verdict(h, state({"a": ("v1", 1, "n1")}))
-    assert (v.resurrected, v.lost) == (1, 0)
-
-
 def test_an_expired_ttl_write_must_not_let_an_older_value_back() -> None:
     h = History()
     h.set("a", "old", 1)
@@ -128,12 +175,6 @@ def test_an_expired_ttl_write_must_not_let_an_older_value_back() -> None:
     assert verdict(h, state({"a": (None, 2, "n1")})).ok  # reclaimed into a tombstone
     assert verdict(h, state({})).ok  # and purged
     assert verdict(h, state({"a": ("old", 1, "n1")})).resurrected == 1
-
-
-def test_a_value_no_write_produced_is_a_phantom() -> None:
-    h = History()
-    h.set("a", "v1", 1)
-    assert verdict(h, state({"a": ("forged", 5, "n9")})).phantom == 1
 
 
 def test_a_clear_hides_older_keys_and_must_itself_survive() -> None:
