@@ -1,5 +1,6 @@
-# The kvmesh node image: python:3.11-slim with the project installed from pyproject.toml, whose
-# runtime dependencies are pinned. docker-compose.yml runs it as the `node` service; alone:
+# The kvmesh node image: python:3.11-slim with the project installed from pyproject.toml, its
+# runtime dependencies held to the versions requirements.lock pins (as constraints).
+# docker-compose.yml runs it as the `node` service; alone:
 #   docker build -t kvmesh . && docker run --rm -p 8080:8080 -p 9888:9888 kvmesh
 FROM python:3.11-slim
 
@@ -9,10 +10,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-COPY pyproject.toml node.py ./
+COPY pyproject.toml requirements.lock node.py ./
 COPY cluster/ cluster/
 COPY loadtest/ loadtest/
-RUN pip install . \
+RUN pip install -c requirements.lock . \
     && useradd --system --no-create-home --shell /usr/sbin/nologin kvmesh
 
 USER kvmesh

@@ -16,8 +16,9 @@
     AddressError                 a "host:port" that does not parse
     ClockSkewError               a remote timestamp too far ahead of our clock
 
-`STATUS` maps every code to its HTTP status; `http_api` is the only place that turns an error into
-an HTTP reply and `line_protocol` the only place that turns it into a line reply. The message is
+`STATUS` maps every code to its HTTP status; `cluster.api.middleware` is the only place that turns
+an error into an HTTP reply and `cluster.api.line.grammar.error_reply` the only place that turns it
+into a line reply. The message is
 the same human text on both.
 """
 

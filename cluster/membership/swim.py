@@ -3,7 +3,7 @@
 No sockets, no clock, no module-level random: `tick(now)` and `handle(sender, msg, now)` take the
 time and return the datagrams to send (`Outgoing`); deadlines are stored numbers compared in
 `tick`; every random choice comes from the `random.Random` passed in. The IO layer
-(`cluster.gossip`) and the simulation (`tests/unit/sim.py`) drive the same code.
+(`cluster.net.gossip`) and the simulations (tests/unit/sim.py, tests/sim/) drive the same code.
 
 The protocol
 - Probe: every probe interval (stretched by local health) ping the next member of a shuffled

@@ -1,8 +1,9 @@
 """Authentication of node-to-node HTTP bodies with the shared cluster key.
 
 When `--cluster-key` is set, every replication, snapshot and anti-entropy request carries
-`X-KV-Signature: hex(HMAC-SHA256(key, method + path + body))`; a request without a valid one is
-refused and counted, so a node that does not know the key can neither write data nor learn it.
+`X-KV-Signature: hex(HMAC-SHA256(key, method + path + sent time + body))`, the sent time (ms) in
+`X-KV-Time`, accepted within REPLAY_WINDOW of the receiver's clock; any other request is refused
+and counted, so a node that does not know the key can neither write data nor learn it.
 With no key configured every request is accepted (a trusted network, like Redis without AUTH).
 Gossip datagrams and push/pull bodies are signed inside the packet instead (messages.py).
 """
