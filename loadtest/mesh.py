@@ -16,6 +16,7 @@ free when it returns. The children run in their own session, so a Ctrl-C reaches
 which stops them in order; on Linux they also get SIGTERM if the runner itself is killed
 (`setpriv --pdeathsig`). PID files go to the run directory so that `--stop` (make stop) can stop a
 run left in the background, by PID, after checking each PID is still the process it recorded.
+Starting, waiting and stopping are `loadtest.supervise`'s.
 
 A port already taken is reported before anything starts, with the option that moves it, and the
 exit status is 2. A node that dies while the mesh runs is reported and the others keep serving
@@ -25,31 +26,29 @@ exit status is 2. A node that dies while the mesh runs is reported and the other
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from loadtest import procs
+from loadtest import procs, supervise
+from loadtest.supervise import STOP_TIMEOUT
+from loadtest.supervise import Interrupted as Interrupted  # raised while the mesh starts
 
 TEMPLATE = procs.ROOT / "nginx" / "kvmesh.conf.template"
 DOCKER_CONF = procs.ROOT / "nginx" / "docker.conf"
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 SERVER_OPTIONS = "max_fails=1 fail_timeout=2s"
 START_TIMEOUT = 30.0  # seconds for every node to answer /health with 200 (joined and synced)
-STOP_TIMEOUT = 10.0  # seconds a process gets after SIGTERM before SIGKILL
 EXIT_PORT_TAKEN = 2
 COLORS = ("36", "33", "32", "35", "34", "91", "92", "93", "94", "95", "96")
 
@@ -225,55 +224,16 @@ def taken_ports(plan: Plan) -> list[str]:
 # --- PID files ------------------------------------------------------------------------------------
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return ""
-    return raw.replace(b"\0", b" ").decode("utf-8", "replace")
-
-
 def _is_ours(pid: int, pid_file: Path) -> bool:
-    """Is `pid` still the process its PID file recorded (not a reused PID)?"""
-    cmd = _cmdline(pid)
+    """Does `pid` run and is it still the process its PID file recorded (not a reused PID)?"""
+    if not supervise.alive(pid):
+        return False
+    cmd = supervise.cmdline(pid)
     if pid_file.stem == "mesh":
         return "loadtest.mesh" in cmd
     if pid_file.stem == "nginx":
         return "nginx" in cmd
     return "node.py" in cmd and f"--name {pid_file.stem} " in cmd + " "
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped) is not alive for our purposes.
-    with contextlib.suppress(OSError):
-        status = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return status != "Z"
-    return True
-
-
-def _recorded(run_dir: Path) -> list[tuple[Path, int]]:
-    out = []
-    for pid_file in sorted(run_dir.glob("*.pid")):
-        try:
-            out.append((pid_file, int(pid_file.read_text().strip())))
-        except (OSError, ValueError):
-            pid_file.unlink(missing_ok=True)
-    return out
-
-
-def _wait_gone(pids: list[int], timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while pids and time.monotonic() < deadline:
-        pids = [p for p in pids if _alive(p)]
-        if pids:
-            time.sleep(0.05)
-    return pids
 
 
 def stop_recorded(run_dir: Path, timeout: float = STOP_TIMEOUT) -> list[str]:
@@ -284,30 +244,23 @@ def stop_recorded(run_dir: Path, timeout: float = STOP_TIMEOUT) -> list[str]:
     left alone and its file removed.
     """
     stopped: list[str] = []
-    recorded = _recorded(run_dir)
+    recorded = supervise.read_pid_files(run_dir)
     runner = [(f, p) for f, p in recorded if f.stem == "mesh"]
-    for group in (runner, [(f, p) for f, p in recorded if f.stem != "mesh"]):
-        pids = []
+    rest = [(f, p) for f, p in recorded if f.stem != "mesh"]
+    for group, grace in ((runner, timeout + 5), (rest, timeout)):
+        ours = [(f, supervise.Pid.of(pid)) for f, pid in group if _is_ours(pid, f)]
+        stopped += [f"{f.stem} (PID {p.pid})" for f, p in ours]
+        supervise.stop([p for _, p in ours], grace)
         for pid_file, pid in group:
-            if _alive(pid) and _is_ours(pid, pid_file):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-                    pids.append(pid)
-                    stopped.append(f"{pid_file.stem} (PID {pid})")
-        for pid in _wait_gone(pids, timeout + (5 if group is runner else 0)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        _wait_gone(pids, 5)
-        for pid_file, pid in group:
-            if not (_alive(pid) and _is_ours(pid, pid_file)):
+            if not _is_ours(pid, pid_file):
                 pid_file.unlink(missing_ok=True)
     return stopped
 
 
 def running_runner(run_dir: Path) -> int | None:
     pid_file = run_dir / "mesh.pid"
-    for f, pid in _recorded(run_dir):
-        if f == pid_file and pid != os.getpid() and _alive(pid) and _is_ours(pid, f):
+    for f, pid in supervise.read_pid_files(run_dir):
+        if f == pid_file and pid != os.getpid() and _is_ours(pid, f):
             return pid
     return None
 
@@ -334,16 +287,11 @@ def is_kvmesh(url: str) -> bool:
 # --- the running mesh -----------------------------------------------------------------------------
 
 
-class Interrupted(Exception):
-    """A stop was asked for (a signal) while the mesh was still starting."""
-
-
 @dataclass
 class Child:
     name: str
     cmd: list[str]
     proc: subprocess.Popen[bytes] | None = None
-    log: IO[bytes] | None = None
     restarts: int = 0
     reported: bool = False
 
@@ -377,40 +325,22 @@ class Mesh:
             label = f"\033[{color}m{label}\033[0m"
         return label
 
-    def _pump(self, name: str, stream: IO[bytes]) -> None:
+    def _printer(self, name: str) -> Callable[[str], None]:
         prefix = self._prefix(name)
-        for raw in iter(stream.readline, b""):
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            self.say(f"{prefix} {line}")
-        stream.close()
+        return lambda line: self.say(f"{prefix} {line}")
 
     # Processes ------------------------------------------------------------------------------------
 
     def _spawn(self, child: Child) -> None:
-        cmd = child.cmd
-        setpriv = shutil.which("setpriv")
-        if setpriv is not None and sys.platform == "linux":
-            # If this runner dies without cleaning up (kill -9), its children get SIGTERM.
-            cmd = [setpriv, "--pdeathsig", "TERM", *cmd]
-        if self.quiet:
-            if child.log is None:
-                child.log = open(self.run_dir / f"{child.name}.log", "ab")  # noqa: SIM115
-            stdout: int | IO[bytes] = child.log
-        else:
-            stdout = subprocess.PIPE
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=subprocess.STDOUT,
+        child.proc = supervise.spawn(
+            child.cmd,
+            output=self.run_dir / f"{child.name}.log" if self.quiet else self._printer(child.name),
             cwd=procs.ROOT,
-            start_new_session=True,  # Ctrl-C reaches the runner only; it stops them in order
+            session=True,  # Ctrl-C reaches the runner only; it stops them in order
+            die_with_parent=True,  # if the runner dies without cleaning up (kill -9): SIGTERM
+            pid_file=self.run_dir / f"{child.name}.pid",
         )
-        child.proc = proc
         child.reported = False
-        (self.run_dir / f"{child.name}.pid").write_text(f"{proc.pid}\n")
-        if proc.stdout is not None:
-            threading.Thread(target=self._pump, args=(child.name, proc.stdout), daemon=True).start()
 
     def respawn(self, name: str) -> None:
         """Start a child again with the same command (the same name and ports)."""
@@ -424,26 +354,24 @@ class Mesh:
             self._spawn(child)
 
     def wait_nodes(self, timeout: float = START_TIMEOUT) -> None:
-        """Until every node answers /health 200 with its own name; RuntimeError if one exits."""
-        deadline = time.monotonic() + timeout
+        """Until every node answers /health 200 with its own name; NotReady if one exits."""
         pending = {n.name: f"http://{self.plan.host}:{n.port}" for n in self.plan.nodes}
-        while pending:
-            if self.stopping.is_set():
-                raise Interrupted
+
+        def ready() -> bool:
             for name, url in list(pending.items()):
-                proc = self.children[name].proc
-                assert proc is not None
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited with status {proc.returncode} at start")
                 body = health(url, timeout=0.5)
                 if body is not None and body.get("name") == name:
                     del pending[name]
-            if pending and time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"{', '.join(pending)} did not become ready within {timeout:.0f}s"
-                )
-            if pending:
-                time.sleep(0.1)
+            return not pending
+
+        supervise.wait_until(
+            ready,
+            lambda: f"{', '.join(pending)} to become ready",
+            timeout,
+            watch={n: self.children[n].proc for n in pending},
+            stopping=self.stopping,
+            interval=0.1,
+        )
 
     def start_nginx(self) -> None:
         binary = procs.nginx_binary()
@@ -462,17 +390,13 @@ class Mesh:
         self._spawn(child)
 
     def wait_nginx(self, timeout: float = 10.0) -> None:
-        proc = self.children["nginx"].proc
-        assert proc is not None
-        deadline = time.monotonic() + timeout
-        while not is_kvmesh(self.plan.url):
-            if self.stopping.is_set():
-                raise Interrupted
-            if proc.poll() is not None:
-                raise RuntimeError(f"nginx exited with status {proc.returncode} at start")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"nginx did not answer on {self.plan.url} within {timeout}s")
-            time.sleep(0.05)
+        supervise.wait_until(
+            lambda: is_kvmesh(self.plan.url),
+            f"nginx to answer on {self.plan.url}",
+            timeout,
+            watch={"nginx": self.children["nginx"].proc},
+            stopping=self.stopping,
+        )
 
     def check(self) -> bool:
         """Report children that exited (and restart nodes if asked); False if the mesh is down."""
@@ -498,31 +422,13 @@ class Mesh:
 
     def stop(self) -> None:
         """nginx first (clients see a closed port, not half a mesh), then the nodes together."""
-        order = [["nginx"], [n for n in self.children if n != "nginx"]]
-        for names in order:
-            procs_ = [
-                c.proc
-                for n in names
-                if (c := self.children.get(n)) is not None
-                and c.proc is not None
-                and c.proc.poll() is None
-            ]
-            for p in procs_:
-                with contextlib.suppress(ProcessLookupError):
-                    p.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + STOP_TIMEOUT
-            for p in procs_:
-                try:
-                    p.wait(max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    self.say(f"mesh: PID {p.pid} ignored SIGTERM; killing it")
-                    p.kill()
-                    p.wait()
+        for names in (["nginx"], [n for n in self.children if n != "nginx"]):
+            supervise.stop(
+                [p for n in names if (c := self.children.get(n)) and (p := c.proc) is not None],
+                STOP_TIMEOUT,
+                on_kill=lambda pid: self.say(f"mesh: PID {pid} ignored SIGTERM; killing it"),
+            )
         for child in self.children.values():
-            if child.proc is not None:
-                child.proc.wait()
-            if child.log is not None:
-                child.log.close()
             (self.run_dir / f"{child.name}.pid").unlink(missing_ok=True)
 
     def banner(self) -> str:
@@ -604,10 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         received.append(signum)
         stopping.set()
 
-    previous = {
-        s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    }
-    try:
+    with supervise.signals_handled(on_signal):
         if command and args.reuse and is_kvmesh(plan.url):
             print(f"mesh: using the kvmesh already answering on {plan.url}", flush=True)
             return _run_command(command, plan, stopping)
@@ -616,14 +519,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(problem, file=sys.stderr)
             return EXIT_PORT_TAKEN
         mesh = Mesh(plan, run_dir, quiet=args.quiet, restart=args.restart, stopping=stopping)
-        (run_dir / "mesh.pid").write_text(f"{os.getpid()}\n")
-        try:
+        with supervise.pid_file(run_dir / "mesh.pid"):
             return _run_mesh(mesh, command, received)
-        finally:
-            (run_dir / "mesh.pid").unlink(missing_ok=True)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def _cannot_start(plan: Plan, run_dir: Path) -> str | None:
@@ -669,7 +566,7 @@ def _run_mesh(mesh: Mesh, command: list[str], received: list[int]) -> int:
                 mesh.stopping.wait(0.25)
     except Interrupted:
         pass
-    except RuntimeError as exc:
+    except RuntimeError as exc:  # supervise.NotReady: a process exited or never got ready
         mesh.say(f"mesh: {exc}; stopping")
         status = 1
     finally:
@@ -694,12 +591,8 @@ def _run_command(command: list[str], plan: Plan, stopping: threading.Event) -> i
             return proc.wait(0.25)
         except subprocess.TimeoutExpired:
             if stopping.is_set():
-                proc.terminate()
-                try:
-                    return proc.wait(STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    return proc.wait()
+                supervise.stop(proc, STOP_TIMEOUT)
+                return proc.wait()
 
 
 if __name__ == "__main__":

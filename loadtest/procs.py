@@ -2,7 +2,8 @@
 
 Shared by `loadtest.bench`, `loadtest.check` and the e2e tests: a free loopback port, a node.py
 process that is ready when /health answers, an nginx with a config of our own, a redis-server.
-Everything started here is stopped by PID (SIGTERM, then SIGKILL), never by name.
+Everything started here is started and stopped through `loadtest.supervise`: by PID (SIGTERM,
+then SIGKILL), never by name.
 """
 
 from __future__ import annotations
@@ -10,16 +11,16 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from loadtest import supervise
+from loadtest.supervise import stop as stop  # procs.stop(proc): SIGTERM, then SIGKILL
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,33 +66,10 @@ def rss_bytes(pid: int) -> int:
 
 
 def wait_http(url: str, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} did not answer within {timeout}s")
-        time.sleep(0.05)
-
-
-def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    """Stop one process we started: SIGTERM, wait, SIGKILL."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    """Until GET url answers 200; supervise.NotReady if `proc` exits first, TimedOut (a
+    TimeoutError) after `timeout` seconds."""
+    watch = {} if proc is None else {f"PID {proc.pid}": proc}
+    supervise.wait_until(lambda: supervise.http_ok(url), f"{url} to answer", timeout, watch=watch)
 
 
 @dataclass
@@ -132,18 +110,16 @@ def start_node(
         name,
         *args,
     ]
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})}
-        )
+    proc = supervise.spawn(cmd, output=log, cwd=ROOT, env=env)
     node = NodeProc(port, tcp_port, name, proc, log)
     if wait:
-        try:
-            wait_http(node.url + "/health", proc=proc)
-        except Exception:
-            stop(proc)
-            raise
+        _serving(proc, node.url + "/health")
     return node
+
+
+def _serving(proc: subprocess.Popen[bytes], url: str, timeout: float = 15.0) -> None:
+    """Until GET url answers 200; `proc` is stopped if it never does."""
+    supervise.wait_ready(proc, lambda: supervise.http_ok(url), f"{url} to answer", timeout)
 
 
 @contextlib.contextmanager
@@ -154,8 +130,7 @@ def nodes(count: int, *args: str) -> Iterator[list[NodeProc]]:
             started.append(start_node(*args))
         yield started
     finally:
-        for n in started:
-            stop(n.proc)
+        stop([n.proc for n in started])
 
 
 def nginx_binary() -> str | None:
@@ -182,10 +157,8 @@ def start_nginx(conf_body: str, workdir: Path | None = None) -> Nginx:
     conf.write_text(
         f"daemon off;\npid {workdir}/nginx.pid;\nerror_log {workdir}/error.log warn;\n" + conf_body
     )
-    proc = subprocess.Popen(
-        [binary, "-p", str(workdir), "-c", str(conf)],
-        stdout=subprocess.DEVNULL,
-        stderr=open(workdir / "stderr.log", "wb"),  # noqa: SIM115 - the child keeps it open
+    proc = supervise.spawn(
+        [binary, "-p", str(workdir), "-c", str(conf)], output=workdir / "stderr.log"
     )
     return Nginx(proc, workdir)
 
@@ -201,25 +174,23 @@ def static_nginx(port: int, body: str = '{"key":"k","value":"v"}') -> Nginx:
         f"return 200 '{body}'; }} }}\n}}\n"
     )
     ng = start_nginx(conf)
-    wait_http(f"http://127.0.0.1:{port}/", proc=ng.proc)
+    _serving(ng.proc, f"http://127.0.0.1:{port}/")
     return ng
 
 
 def start_redis(port: int) -> subprocess.Popen[bytes]:
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    proc = supervise.spawn(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return proc
-        except OSError:
-            time.sleep(0.05)
-    stop(proc)
-    raise TimeoutError("redis-server did not start")
+    supervise.wait_ready(proc, lambda: _redis_pong(port), "redis-server to answer PING", 10.0)
+    return proc
+
+
+def _redis_pong(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False

@@ -18,12 +18,13 @@ so no packet of the rig can leave them. Faults are nft rules inside the node nam
 (faults.py); the hub's bridge is never touched, so clients reach an isolated node unless a
 scenario says otherwise.
 
-Cleanup. Every process is started with its PID recorded (with its start time, so that a reused
-PID is never signalled) in /run/kvf/<R>.json together with the owner's PID. `Rig.close` (also
-from atexit and, through `install_signal_handlers`, on SIGTERM/SIGHUP) kills the processes by PID
-(SIGCONT first for a paused one), then deletes the namespaces. `cleanup_stale()` removes what an
-earlier run left behind when its owner is gone (a SIGKILLed orchestrator): the processes of its
-registry and of `ip netns pids`, then its namespaces.
+Cleanup. Every process is started (`loadtest.supervise.spawn`) with its PID recorded (with its
+start time, so that a reused PID is never signalled) in /run/kvf/<R>.json together with the
+owner's PID. `Rig.close` (also from atexit and, through `install_signal_handlers`, on
+SIGTERM/SIGHUP) kills the processes by PID (`supervise.stop` with no grace: SIGKILL), then deletes
+the namespaces. `cleanup_stale()` removes what an earlier run left behind when its owner is gone
+(a SIGKILLed orchestrator): the processes of its registry and of `ip netns pids`, then its
+namespaces.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ import logging
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -48,8 +48,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from loadtest import supervise
 from loadtest.mesh import render_nginx
 from loadtest.procs import ROOT, nginx_binary
+from loadtest.supervise import Pid
 
 logger = logging.getLogger(__name__)
 
@@ -149,26 +151,14 @@ def in_netns(name: str) -> Iterator[None]:
 # --- the registry of what a run started -----------------------------------------------------------
 
 
-def _start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks (field 22 of /proc/PID/stat), None if gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(raw.rsplit(")", 1)[1].split()[19])
+def _kill(pids: Sequence[Pid]) -> None:
+    """SIGKILL at once, by PID, those that still run what they recorded."""
+    supervise.stop(pids, timeout=0)
 
 
-def _alive(pid: int, start: int | None) -> bool:
-    return start is not None and _start_time(pid) == start
-
-
-def _kill(pid: int, start: int | None) -> None:
-    """SIGCONT (a paused process cannot die of SIGTERM) and SIGKILL, only if it is still ours."""
-    if not _alive(pid, start):
-        return
-    for sig in (signal.SIGCONT, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
+def _netns_kill(ns: str) -> None:
+    """Kill whatever runs in namespace `ns` (all of it was started by the rig)."""
+    _kill([Pid.of(pid) for pid in netns_pids(ns)])
 
 
 def _run_of(netns: str) -> str | None:
@@ -193,7 +183,7 @@ def cleanup_stale(verbose: bool = True) -> list[str]:
             runs.setdefault(run, []).append(ns)
         elif ns.startswith(f"{PREFIX}probe-"):
             owner = ns.rsplit("-", 1)[1]
-            if owner.isdigit() and _start_time(int(owner)) is None:
+            if owner.isdigit() and supervise.start_time(int(owner)) is None:
                 run_cmd([IP, "netns", "del", ns], check=False)
     if REGISTRY.exists():
         for entry in REGISTRY.glob("*.json"):
@@ -201,13 +191,11 @@ def cleanup_stale(verbose: bool = True) -> list[str]:
     for run, namespaces in sorted(runs.items()):
         record = _read_registry(run)
         owner_of_run = record.get("owner")
-        if owner_of_run is not None and _alive(int(owner_of_run[0]), owner_of_run[1]):
+        if owner_of_run is not None and Pid(int(owner_of_run[0]), owner_of_run[1]).running():
             continue  # a run in progress (perhaps in parallel): not ours to touch
-        for pid, start in record.get("pids", []):
-            _kill(int(pid), start)
+        _kill([Pid(int(pid), start) for pid, start in record.get("pids", [])])
         for ns in namespaces:
-            for pid in netns_pids(ns):
-                _kill(pid, _start_time(pid))
+            _netns_kill(ns)
         for ns in namespaces:
             run_cmd([IP, "netns", "del", ns], check=False)
             removed.append(ns)
@@ -270,7 +258,7 @@ class Rig:
     run: int = 0
     nodes: dict[str, NodeProc] = field(default_factory=dict)
     nginx: subprocess.Popen[bytes] | None = None
-    _pids: list[tuple[int, int | None]] = field(default_factory=list)
+    _pids: list[Pid] = field(default_factory=list)
     _namespaces: list[str] = field(default_factory=list)
     _closed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -347,18 +335,12 @@ class Rig:
             if self._closed or self.run == 0:
                 return
             self._closed = True
-        for pid, start in reversed(self._pids):
-            _kill(pid, start)
-        for node in self.nodes.values():
-            if node.proc is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    node.proc.wait(5)
-        if self.nginx is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.nginx.wait(5)
+        # The processes running now (reaped here), then any earlier ones still there, by PID.
+        running = [n.proc for n in self.nodes.values() if n.proc is not None]
+        supervise.stop([p for p in (self.nginx, *running) if p is not None], timeout=0)
+        _kill(self._pids[::-1])
         for ns in reversed(self._namespaces):
-            for pid in netns_pids(ns):  # anything else that ended up in there was started by us
-                _kill(pid, _start_time(pid))
+            _netns_kill(ns)  # anything else that ended up in there was started by us
             run_cmd([IP, "netns", "del", ns], check=False)
         (REGISTRY / f"{self.run}.json").unlink(missing_ok=True)
         atexit.unregister(self.close)
@@ -366,7 +348,11 @@ class Rig:
     def _register(self) -> None:
         REGISTRY.mkdir(parents=True, exist_ok=True)
         me = os.getpid()
-        record = {"owner": [me, _start_time(me)], "pids": self._pids, "netns": self._namespaces}
+        record = {
+            "owner": [me, supervise.start_time(me)],
+            "pids": [[p.pid, p.start] for p in self._pids],
+            "netns": self._namespaces,
+        }
         tmp = REGISTRY / f"{self.run}.json.tmp"
         tmp.write_text(json.dumps(record))
         tmp.replace(REGISTRY / f"{self.run}.json")
@@ -410,9 +396,33 @@ class Rig:
             ]
             run_cmd([IP, "-n", f"{self.prefix}{name}", "-batch", "-"], "\n".join(inner) + "\n")
 
-    def _track(self, proc: subprocess.Popen[bytes]) -> None:
-        self._pids.append((proc.pid, _start_time(proc.pid)))
+    def _spawn(self, netns: str, cmd: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
+        """Start `cmd` in namespace `netns`, output appended to `log`, its PID in the registry.
+
+        `ip netns exec` execs the command itself: the PID is the command's. A session of its own
+        keeps a terminal's Ctrl-C away from it: the rig decides how its processes end.
+        """
+        proc = supervise.spawn(
+            [IP, "netns", "exec", netns, *cmd], output=log, cwd=ROOT, session=True
+        )
+        self._pids.append(Pid.of(proc.pid))
         self._register()
+        return proc
+
+    def _wait_http(
+        self, url: str, name: str, proc: subprocess.Popen[bytes] | None, log: Path, timeout: float
+    ) -> None:
+        """Until `url` answers 200 from inside the hub; RigError, with `log`, if not."""
+
+        def ready() -> bool:
+            with in_netns(self.hub):
+                return supervise.http_ok(url)
+
+        try:
+            what = f"{name} to answer {url}"
+            supervise.wait_until(ready, what, timeout, watch={name: proc}, interval=0.1)
+        except supervise.NotReady as exc:
+            raise RigError(f"{exc}:\n{_read(log)}") from exc
 
     # --- processes ------------------------------------------------------------------------------
 
@@ -435,10 +445,6 @@ class Rig:
         node.starts += 1
         node.paused = False
         cmd = [
-            IP,
-            "netns",
-            "exec",
-            node.netns,
             sys.executable,
             str(ROOT / "node.py"),
             "--name",
@@ -453,38 +459,19 @@ class Rig:
             *self.node_args,
             *extra,
         ]
-        with open(node.log.with_suffix(".log"), "ab") as log:
-            log.write(f"--- start {node.starts}: {' '.join(cmd[5:])}\n".encode())
-            log.flush()
-            # `ip netns exec` execs the command itself: the PID is node.py's. A session of its
-            # own keeps a terminal's Ctrl-C away from it: the rig decides how nodes end.
-            node.proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
-            )
-        self._track(node.proc)
+        log = node.log.with_suffix(".log")
+        with open(log, "ab") as f:
+            f.write(f"--- start {node.starts}: {' '.join(cmd[1:])}\n".encode())
+        node.proc = self._spawn(node.netns, cmd, log)
         return node
 
     def log_text(self, name: str) -> str:
-        try:
-            return self.nodes[name].log.with_suffix(".log").read_text(errors="replace")
-        except OSError:
-            return ""
+        return _read(self.nodes[name].log.with_suffix(".log"))
 
     def wait_http(self, node: NodeProc, path: str, timeout: float = 30.0) -> None:
         """Block until `path` on the node answers 200 (checked from inside the hub)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if node.proc is not None and node.proc.poll() is not None:
-                raise RigError(
-                    f"{node.name} exited with {node.proc.returncode}:\n{self.log_text(node.name)}"
-                )
-            with in_netns(self.hub):
-                ok = _http_ok(f"{node.url}{path}")
-            if ok:
-                return
-            if time.monotonic() > deadline:
-                raise RigError(f"{node.name} did not answer {path} within {timeout}s")
-            time.sleep(0.1)
+        log = node.log.with_suffix(".log")
+        self._wait_http(f"{node.url}{path}", node.name, node.proc, log, timeout)
 
     def _start_nginx(self) -> None:
         binary = nginx_binary()
@@ -501,23 +488,9 @@ class Rig:
         conf.write_text(
             f"daemon off;\npid {work}/nginx.pid;\nerror_log {work}/error.log warn;\n{body}"
         )
-        err = open(work / "stderr.log", "wb")  # noqa: SIM115 - the child keeps it open
-        self.nginx = subprocess.Popen(
-            [IP, "netns", "exec", self.hub, binary, "-p", str(work), "-c", str(conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            start_new_session=True,
-        )
-        err.close()
-        self._track(self.nginx)
-        deadline = time.monotonic() + 10
-        while True:
-            with in_netns(self.hub):
-                if _http_ok(f"{self.balancer_url}/health"):
-                    return
-            if self.nginx.poll() is not None or time.monotonic() > deadline:
-                raise RigError(f"nginx did not start: {(work / 'stderr.log').read_text()}")
-            time.sleep(0.1)
+        log = work / "stderr.log"
+        self.nginx = self._spawn(self.hub, [binary, "-p", str(work), "-c", str(conf)], log)
+        self._wait_http(f"{self.balancer_url}/health", "nginx", self.nginx, log, 10.0)
 
     # --- running client code in the hub ---------------------------------------------------------
 
@@ -553,23 +526,12 @@ async def _as_coroutine(factory: Callable[[], Awaitable[T]]) -> T:
     return await factory()
 
 
-def _http_ok(url: str) -> bool:
-    import urllib.request
-
+def _read(log: Path) -> str:
     try:
-        with urllib.request.urlopen(url, timeout=1) as r:
-            return bool(r.status == 200)
+        return log.read_text(errors="replace")
     except OSError:
-        return False
+        return ""
 
 
-def install_signal_handlers() -> None:
-    """SIGINT, SIGTERM and SIGHUP unwind the main thread, so `with Rig(...)` blocks clean up."""
-
-    def raise_exit(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, raise_exit)
-    # Also when started with SIGINT ignored (a background job of a non-interactive shell).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+# SIGINT, SIGTERM and SIGHUP unwind the main thread, so `with Rig(...)` blocks clean up.
+install_signal_handlers = supervise.exit_on_signals

@@ -99,7 +99,7 @@ def test_the_compose_file_is_valid_and_complete(config: dict[str, Any]) -> None:
         assert services[name]["image"] == f"locustio/locust:{pinned.group(1)}"
     dockerfile = (procs.ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.M)
-    assert "pip install ." in dockerfile
+    assert "pip install -c requirements.lock ." in dockerfile  # the locked versions
 
 
 def test_docker_conf_is_the_template_rendered() -> None:
