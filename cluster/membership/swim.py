@@ -4,6 +4,7 @@ No sockets, no clock, no module-level random: `tick(now)` and `handle(sender, ms
 time and return the datagrams to send (`Outgoing`); deadlines are stored numbers compared in
 `tick`; every random choice comes from the `random.Random` passed in. The IO layer
 (`cluster.net.gossip`) and the simulations (tests/unit/sim.py, tests/sim/) drive the same code.
+The member table and the rules that order updates are `rules.View`, which this builds on.
 
 The protocol
 - Probe: every probe interval (stretched by local health) ping the next member of a shuffled
@@ -22,28 +23,13 @@ The protocol
   same intent about someone else at one incarnation past what we knew, so stale `Alive` gossip
   cannot undo it - only the node itself, rejoining with a higher incarnation, can.
 
-Ordering of updates about one member (what must stay true)
-- A lower incarnation is always ignored. A higher one wins, except that a dead or left member
-  comes back only through an `Alive` (a suspicion or death notice adds nothing to it).
-- At equal incarnations: alive < suspect < dead, left (alive never overrides suspect/dead/left).
-- Only a member itself raises its own incarnation (refute, rejoin), except `remove` (+1).
-- A node restarted under the same name starts from a higher incarnation (the IO layer passes
-  the wall clock in milliseconds), so it overrides whatever the mesh remembers of its last life.
-- Dead and left members stay as tombstones for `reap_after` seconds, so that old gossip about
-  them is recognised as old.
-
-Where this differs from memberlist, and why
-- A refutation is also sent straight to every member, not only gossiped: its loss is what gets a
-  healthy node declared dead (in simulation at 10% loss and 50 nodes this took false deaths from
-  about one per 10 minutes to none seen).
+Where this differs from memberlist, and why (see rules.py for the update rules' differences)
 - Piggybacked updates go before the message they ride on, and an accusation before its ping, so
   an ack already carries what the updates made the receiver say (its refutation above all).
 - An ack to a member we think suspect, dead or left tells it so (it refutes, or learns that it
   was removed); memberlist leaves that to gossip-to-the-dead and push/pull.
-- A known name at a new address needs a higher incarnation even once dead (memberlist lets a
-  dead node's address be reclaimed at any incarnation); a restart has one anyway.
 - No TCP fallback ping, no node metadata, no protocol version negotiation (the `VERSION` of
-  cluster.messages stands for it).
+  cluster.membership.messages stands for it).
 """
 
 from __future__ import annotations
@@ -51,17 +37,27 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Final
 
-from cluster.membership.broadcasts import Broadcasts
+from cluster.membership.members import (
+    ALIVE,
+    DEAD,
+    DOWN,
+    LEFT,
+    SUSPECT,
+    UP,
+    Member,
+    MemberEvent,
+    Outgoing,
+    Probe,
+    Record,
+    Relay,
+)
 from cluster.membership.messages import (
     PACKET_OVERHEAD,
     Ack,
     Alive,
     Dead,
     Leave,
-    MemberState,
     Message,
     Nack,
     Ping,
@@ -70,24 +66,10 @@ from cluster.membership.messages import (
     Suspect,
     encoded_size,
 )
-from cluster.membership.suspicion import (
-    Awareness,
-    GossipParams,
-    SuspicionTimer,
-    confirmations_wanted,
-    push_pull_interval,
-    retransmit_limit,
-    suspicion_timeout,
-)
+from cluster.membership.rules import View
+from cluster.membership.suspicion import GossipParams, push_pull_interval, retransmit_limit
 
 logger = logging.getLogger(__name__)
-
-ALIVE: Final = "alive"
-SUSPECT: Final = "suspect"
-DEAD: Final = "dead"
-LEFT: Final = "left"
-_DOWN: Final = (DEAD, LEFT)
-_UP: Final = (ALIVE, SUSPECT)
 
 __all__ = [
     "ALIVE",
@@ -102,101 +84,8 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One datagram to send: messages in order; a PushPull goes alone, over HTTP in production."""
-
-    address: str
-    messages: tuple[Message, ...]
-
-    @property
-    def push_pull(self) -> bool:
-        return isinstance(self.messages[0], PushPull)
-
-
-@dataclass(frozen=True, slots=True)
-class MemberEvent:
-    """A member's state changed in our view. `old_state` None: first heard of; `new_state`
-    None: forgotten (reaped, or we left the mesh)."""
-
-    name: str
-    address: str
-    old_state: str | None
-    new_state: str | None
-    incarnation: int
-
-
-@dataclass(frozen=True, slots=True)
-class Member:
-    """A snapshot of one member. `since` is the `now` of its last state change."""
-
-    name: str
-    address: str
-    state: str
-    incarnation: int
-    since: float
-
-    def as_dict(self) -> dict[str, str | int]:
-        """The shape of GET /cluster/members."""
-        return {
-            "name": self.name,
-            "address": self.address,
-            "state": self.state,
-            "incarnation": self.incarnation,
-        }
-
-
-class _Record:
-    __slots__ = ("address", "incarnation", "name", "since", "state")
-
-    def __init__(self, name: str, address: str, state: str, incarnation: int, since: float):
-        self.name = name
-        self.address = address
-        self.state = state
-        self.incarnation = incarnation
-        self.since = since
-
-    def snapshot(self) -> Member:
-        return Member(self.name, self.address, self.state, self.incarnation, self.since)
-
-
-class _Probe:
-    __slots__ = (
-        "deadline",
-        "direct_deadline",
-        "expected_nacks",
-        "indirect_sent",
-        "nacks",
-        "seq",
-        "target",
-    )
-
-    def __init__(self, seq: int, target: str, direct_deadline: float, deadline: float) -> None:
-        self.seq = seq
-        self.target = target
-        self.direct_deadline = direct_deadline
-        self.deadline = deadline
-        self.indirect_sent = False
-        self.expected_nacks = 0
-        self.nacks = 0
-
-
-@dataclass(frozen=True, slots=True)
-class _Relay:
-    """A ping we sent on behalf of a ping-req: relay the ack to `requester`, or nack."""
-
-    seq: int
-    requester: str
-    deadline: float
-    nack: bool
-
-
-class Membership:
-    """One node's view of the mesh and the SWIM protocol that maintains it.
-
-    `incarnation` is where this node's own incarnation starts: pass something that grows across
-    restarts (the wall clock in ms), so a restarted node outbids its previous life.
-    """
+class Membership(View):
+    """One node's view of the mesh (`View`) and the SWIM protocol that maintains it."""
 
     def __init__(
         self,
@@ -206,23 +95,11 @@ class Membership:
         rng: random.Random,
         incarnation: int = 0,
     ) -> None:
-        self.name = name
-        self.address = address
-        self.params = params.validate()
-        self._rng = rng
-        self._me = _Record(name, address, ALIVE, incarnation, 0.0)
-        self._members: dict[str, _Record] = {name: self._me}
-        self._suspicions: dict[str, SuspicionTimer] = {}
-        self._broadcasts = Broadcasts()
-        self._events: list[MemberEvent] = []
-        self._outbox: list[Outgoing] = []  # sent with the answer to whatever caused them
-        self._awareness = Awareness(params.awareness_max_multiplier)
-        self._probe: _Probe | None = None
-        self._relays: dict[int, _Relay] = {}
-        self._probe_order: list[str] = []
+        super().__init__(name, address, params, rng, incarnation)
+        self._probe: Probe | None = None
+        self._relays: dict[int, Relay] = {}
         self._probe_index = 0
         self._seq = rng.randrange(1 << 31)
-        self._left = False  # we left (or were removed): a mesh of one until start_join
         self._joined = False
         self._started = False
         self._next_probe = self._next_gossip = self._next_push_pull = self._next_reconnect = 0.0
@@ -230,61 +107,9 @@ class Membership:
     # --- queries --------------------------------------------------------------------------------
 
     @property
-    def incarnation(self) -> int:
-        return self._me.incarnation
-
-    @property
-    def left(self) -> bool:
-        """True after leave() or a forced removal, until start_join()."""
-        return self._left
-
-    @property
     def joined(self) -> bool:
         """True once a push/pull answer arrived since the last start_join()."""
         return self._joined
-
-    @property
-    def health_score(self) -> int:
-        """Lifeguard local health: 0 is healthy; probes slow down by (score + 1)."""
-        return self._awareness.score
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._members
-
-    def member(self, name: str) -> Member | None:
-        record = self._members.get(name)
-        return record.snapshot() if record is not None else None
-
-    def members(self) -> list[Member]:
-        """Every member we know, self included, sorted by name."""
-        return [self._members[n].snapshot() for n in sorted(self._members)]
-
-    def alive_peers(self) -> list[Member]:
-        """Other members currently alive (suspects excluded), sorted by name."""
-        return [
-            r.snapshot()
-            for n, r in sorted(self._members.items())
-            if r.state == ALIVE and r is not self._me
-        ]
-
-    def local_state(self) -> tuple[MemberState, ...]:
-        """Our whole view, for a push/pull. After a leave we tell others we are `left`, although
-        in our own view we are the one alive member of a mesh of one."""
-        me = self._me
-        return tuple(
-            MemberState(
-                r.name, r.address, LEFT if r is me and self._left else r.state, r.incarnation
-            )
-            for r in self._members.values()
-        )
-
-    def take_events(self) -> list[MemberEvent]:
-        """State changes since the last call, in order."""
-        events, self._events = self._events, []
-        return events
-
-    def pending_broadcasts(self) -> int:
-        return len(self._broadcasts)
 
     def next_deadline(self) -> float:
         """The earliest `now` at which tick() has something to do."""
@@ -341,10 +166,6 @@ class Membership:
         self._next_push_pull = now + rng.uniform(0, p.push_pull_interval)
         self._next_reconnect = now + p.reconnect_interval
 
-    def _n(self) -> int:
-        """Cluster size estimate for timeouts and retransmits: members alive or suspect."""
-        return sum(1 for r in self._members.values() if r.state in _UP)
-
     def _next_seq(self) -> int:
         self._seq = (self._seq + 1) & 0x7FFF_FFFF_FFFF_FFFF
         return self._seq
@@ -364,9 +185,9 @@ class Membership:
             msgs.insert(0, Suspect(target.name, target.incarnation, self.name))
         out.append(self._packet(target.address, msgs))
         interval = self._awareness.scale(p.probe_interval)
-        self._probe = _Probe(seq, target.name, now + p.probe_timeout, now + interval)
+        self._probe = Probe(seq, target.name, now + p.probe_timeout, now + interval)
 
-    def _next_probe_target(self, now: float) -> _Record | None:
+    def _next_probe_target(self, now: float) -> Record | None:
         """Round-robin over a shuffled list, reshuffled (and reaped) at each wrap (memberlist)."""
         checked = 0
         while checked <= len(self._probe_order):
@@ -378,7 +199,7 @@ class Membership:
             self._probe_index += 1
             checked += 1
             record = self._members.get(name)
-            if record is not None and record.state in _UP:
+            if record is not None and record.state in UP:
                 return record
         return None
 
@@ -391,7 +212,7 @@ class Membership:
     def _reap(self, now: float) -> None:
         """Forget members dead or left for longer than reap_after."""
         horizon = now - self.params.reap_after
-        for name in [n for n, r in self._members.items() if r.state in _DOWN and r.since < horizon]:
+        for name in [n for n, r in self._members.items() if r.state in DOWN and r.since < horizon]:
             record = self._members.pop(name)
             self._event(record, record.state, None)
 
@@ -400,7 +221,7 @@ class Membership:
         if probe is None:
             return
         target = self._members.get(probe.target)
-        if target is None or target.state in _DOWN:
+        if target is None or target.state in DOWN:
             self._probe = None  # it was declared dead or left meanwhile: nothing to find out
             return
         if not probe.indirect_sent and now >= probe.direct_deadline:
@@ -468,16 +289,13 @@ class Membership:
         candidates = [
             r
             for r in self._members.values()
-            if r is not self._me and (r.state in _UP or (r.state == DEAD and r.since >= horizon))
+            if r is not self._me and (r.state in UP or (r.state == DEAD and r.since >= horizon))
         ]
         for target in self._rng.sample(candidates, min(self.params.gossip_nodes, len(candidates))):
             packet = self._packet(target.address, [])
             if not packet.messages:
                 return
             out.append(packet)
-
-    def _broadcast(self, name: str, msg: Message) -> None:
-        self._broadcasts.add(name, msg)
 
     def _push_pull_random(self, out: list[Outgoing], states: tuple[str, ...]) -> None:
         candidates = [r for r in self._members.values() if r.state in states and r is not self._me]
@@ -550,7 +368,7 @@ class Membership:
             msgs.insert(0, self._status_message(record))
         return [self._packet(msg.source_address, msgs)]
 
-    def _status_message(self, record: _Record) -> Message:
+    def _status_message(self, record: Record) -> Message:
         if record.state == SUSPECT:
             return Suspect(record.name, record.incarnation, self.name)
         if record.state == DEAD:
@@ -575,196 +393,10 @@ class Membership:
             return [Outgoing(msg.source_address, (Ack(msg.seq, self.name),))]
         seq = self._next_seq()
         deadline = now + self.params.probe_timeout
-        self._relays[seq] = _Relay(msg.seq, msg.source_address, deadline, msg.nack)
+        self._relays[seq] = Relay(msg.seq, msg.source_address, deadline, msg.nack)
         return [self._packet(msg.target_address, [Ping(seq, msg.target, self.name, self.address)])]
 
-    def _on_alive(self, msg: Alive, now: float) -> None:
-        me = self._me
-        if msg.node == self.name:
-            if self._left:
-                return  # we left: echoes of our old alive messages must not pull us back in
-            if msg.incarnation < me.incarnation:
-                return  # old news about us
-            if msg.incarnation == me.incarnation and msg.address == me.address:
-                return  # our own announcement, echoed back
-            # Someone claims a newer us, or our name at another address: outbid it.
-            logger.warning(
-                "node=%s alive message about us at %s (incarnation %d): refuting",
-                self.name,
-                msg.address,
-                msg.incarnation,
-            )
-            self._refute(msg.incarnation)
-            return
-        if self._left:
-            return  # we left the mesh: its news is not ours until we join again
-        record = self._members.get(msg.node)
-        if record is None:
-            record = _Record(msg.node, msg.address, ALIVE, msg.incarnation, now)
-            self._members[msg.node] = record
-            # A random slot, not the end: appending everywhere would make new nodes probed last.
-            self._probe_order.insert(self._rng.randint(0, len(self._probe_order)), msg.node)
-            self._event(record, None, ALIVE)
-            self._broadcast(msg.node, msg)
-            return
-        if msg.incarnation <= record.incarnation:
-            return  # ignore old incarnation numbers
-        if record.address != msg.address and record.state in _UP:
-            # Two live processes claim one name: keep the first until it fails.
-            logger.warning(
-                "node=%s peer=%s conflicting address %s (we know %s, %s)",
-                self.name,
-                msg.node,
-                msg.address,
-                record.address,
-                record.state,
-            )
-            return
-        self._suspicions.pop(msg.node, None)
-        old = record.state
-        record.incarnation = msg.incarnation
-        record.address = msg.address
-        if old != ALIVE:
-            record.state = ALIVE
-            record.since = now
-            self._event(record, old, ALIVE)
-        self._broadcast(msg.node, msg)
-
-    def _accused(self, msg: Suspect | Dead) -> _Record | None:
-        """The record a suspicion or death notice is about, or None if it changes nothing here.
-
-        An accusation about ourselves is refuted on the spot (and also returns None).
-        """
-        if msg.node == self.name:
-            if self._left:
-                return None  # we left: accusations no longer concern us
-            if msg.incarnation < self._me.incarnation:
-                return None  # an old accusation, already refuted
-            logger.debug("node=%s refuting %s from %s", self.name, type(msg).__name__, msg.sender)
-            self._refute(msg.incarnation)
-            return None
-        if self._left:
-            return None  # we left the mesh: its news is not ours until we join again
-        record = self._members.get(msg.node)
-        if record is None:
-            return None  # never heard of it: nothing to suspect or bury
-        if msg.incarnation < record.incarnation:
-            return None  # ignore old incarnation numbers
-        return record
-
-    def _on_suspect(self, msg: Suspect, now: float) -> None:
-        record = self._accused(msg)
-        if record is None:
-            return
-        timer = self._suspicions.get(msg.node)
-        if timer is not None and msg.incarnation == record.incarnation:
-            # Lifeguard: an independent confirmation shortens the timeout and is worth spreading.
-            if timer.confirm(msg.sender, now):
-                self._broadcast(msg.node, msg)
-            return
-        if record.state in _DOWN:
-            return  # already dead or left: a suspicion adds nothing
-        old = record.state
-        record.state = SUSPECT
-        record.incarnation = msg.incarnation
-        record.since = now
-        n = self._n()
-        p = self.params
-        min_timeout = suspicion_timeout(p.suspicion_mult, n, p.probe_interval)
-        self._suspicions[msg.node] = SuspicionTimer(
-            msg.sender,
-            confirmations_wanted(p.suspicion_mult, n),
-            min_timeout,
-            min_timeout * p.suspicion_max_timeout_mult,
-            now,
-        )
-        if old != SUSPECT:
-            self._event(record, old, SUSPECT)
-        self._broadcast(msg.node, msg)
-
-    def _on_dead(self, msg: Dead, now: float) -> None:
-        record = self._accused(msg)
-        if record is None:
-            return
-        if record.state in _DOWN:
-            return  # already dead or left
-        if record.state == ALIVE and msg.sender != msg.node:
-            # We still hear from it: someone else's verdict (perhaps from the far side of a
-            # partition that just healed) only makes it a suspect here, so it can refute.
-            self._on_suspect(Suspect(msg.node, msg.incarnation, msg.sender), now)
-            return
-        self._set_down(record, DEAD, msg.incarnation, now)
-        self._broadcast(msg.node, msg)
-
-    def _on_leave(self, msg: Leave, now: float) -> None:
-        if msg.node == self.name:
-            if self._left:
-                return  # already out
-            if msg.incarnation < self._me.incarnation:
-                return  # an old leave or removal: we have joined again since
-            # At or past our incarnation, and we did not leave: an operator removed us. Obey.
-            logger.warning("node=%s removed from the mesh by %s", self.name, msg.sender)
-            self._enter_left(msg.incarnation, now)
-            return
-        if self._left:
-            return  # we left the mesh: its news is not ours until we join again
-        record = self._members.get(msg.node)
-        if record is None:
-            return  # never heard of it: nothing to forget
-        if msg.incarnation < record.incarnation:
-            return  # ignore old incarnation numbers
-        if record.state == LEFT:
-            if msg.incarnation > record.incarnation:  # a removal outbidding a graceful leave
-                record.incarnation = msg.incarnation
-                self._broadcast(msg.node, msg)
-            return
-        self._set_down(record, LEFT, msg.incarnation, now)
-        self._broadcast(msg.node, msg)
-
-    def _set_down(self, record: _Record, state: str, incarnation: int, now: float) -> None:
-        self._suspicions.pop(record.name, None)
-        old = record.state
-        record.state = state
-        record.incarnation = incarnation
-        record.since = now
-        self._event(record, old, state)
-
-    def _refute(self, accused: int) -> None:
-        """Outbid an accusation: an incarnation above both ours and the accused one.
-
-        A lost refutation is the one loss that gets a healthy node declared dead, so it is not
-        left to epidemic chance alone (memberlist only gossips it): it is also sent once straight
-        to every member. Refutations are rare; one datagram per member each is cheap.
-        """
-        me = self._me
-        me.incarnation = max(me.incarnation + 1, accused + 1)
-        self._awareness.apply(1)  # Lifeguard: being suspected hints that we are slow
-        alive = Alive(self.name, self.address, me.incarnation)
-        self._broadcast(self.name, alive)
-        self._outbox.extend(
-            Outgoing(r.address, (alive,))
-            for r in self._members.values()
-            if r is not self._me and r.state in _UP
-        )
-
-    def _event(self, record: _Record, old: str | None, new: str | None) -> None:
-        self._events.append(MemberEvent(record.name, record.address, old, new, record.incarnation))
-
     # --- push/pull ------------------------------------------------------------------------------
-
-    def merge_state(self, remote: Iterable[MemberState], now: float) -> None:
-        """Fold a remote full state into ours, as if each entry had been gossiped.
-
-        A remote "dead" only makes a member suspect here (memberlist): it gets its own chance to
-        refute before we bury it on someone else's word.
-        """
-        for r in remote:
-            if r.state == ALIVE:
-                self._on_alive(Alive(r.name, r.address, r.incarnation), now)
-            elif r.state == LEFT:
-                self._on_leave(Leave(r.name, r.incarnation, self.name), now)
-            else:
-                self._on_suspect(Suspect(r.name, r.incarnation, self.name), now)
 
     def push_pull_reply(self, request: PushPull, now: float) -> tuple[PushPull, list[Outgoing]]:
         """Answer a push/pull request: merge it, then reply with our state (after the merge, so
@@ -800,7 +432,7 @@ class Membership:
         out = [
             Outgoing(r.address, (msg,))
             for r in self._members.values()
-            if r is not self._me and r.state in _UP
+            if r is not self._me and r.state in UP
         ]
         self._enter_left(self._me.incarnation, now)
         return out
@@ -824,31 +456,16 @@ class Membership:
         out.extend(
             Outgoing(r.address, (msg,))
             for r in self._members.values()
-            if r is not self._me and r.state in _UP
+            if r is not self._me and r.state in UP
         )
         return out
 
     def _enter_left(self, incarnation: int, now: float) -> None:
-        """Become a mesh of one: forget every peer, stop probing, keep our incarnation.
-
-        Our own record stays `alive`: in our view we are the one member of a mesh of one, and we
-        keep serving. What the old mesh hears is `left` (the `_left` flag makes `local_state`,
-        ping answers and push/pull replies say so).
-        """
-        for record in [r for r in self._members.values() if r is not self._me]:
-            self._event(record, record.state, None)
-        me = self._me
-        me.incarnation = max(me.incarnation, incarnation)
-        me.since = now
-        self._members = {self.name: me}
-        self._suspicions.clear()
-        self._broadcasts.clear()
-        self._outbox.clear()
-        self._relays.clear()
+        """A mesh of one (see View): no probe or relay of the old mesh goes on."""
+        super()._enter_left(incarnation, now)
         self._probe = None
-        self._probe_order = []
+        self._relays.clear()
         self._probe_index = 0
-        self._left = True
 
     def _rejoin(self, now: float) -> None:
         """Come back from a leave or a removal with a higher incarnation, which outbids it."""
