@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from cluster.membership.messages import Alive, encode_packet
 
+from cluster.membership.messages import Alive, encode_packet
 from loadtest import procs
 from tests.helpers import scrape_metrics
 
