@@ -12,10 +12,11 @@ any other connection.
 
 from __future__ import annotations
 
-from typing import Final, NamedTuple
+from typing import Final
 
 from cluster.api.line.grammar import OK, Command, error_reply, ok_result
-from cluster.core.kv import KV, Batch
+from cluster.api.reply import Reply
+from cluster.core.kv import KV
 from cluster.errors import BadRequest, KVError, NotFound
 
 
@@ -25,15 +26,6 @@ class TransactionStateError(BadRequest):
     Unlike other rejected commands it leaves an open transaction usable (redis: a nested MULTI
     is refused without flagging the transaction).
     """
-
-
-class Reply(NamedTuple):
-    """What one command produced: the line to send and, for a write, the batch to replicate
-    before sending it."""
-
-    ok: bool
-    line: bytes
-    batch: Batch | None = None
 
 
 _OK_REPLY: Final = Reply(True, OK)

@@ -1,0 +1,19 @@
+"""What executing one command of a pipelined protocol produced (the line protocol, RESP). Pure."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from cluster.core.kv import Batch
+
+
+class Reply(NamedTuple):
+    """The bytes to send and, for a write, the batch to replicate before sending them.
+
+    `close`: close the connection once this reply is written (RESP's QUIT, a protocol error).
+    """
+
+    ok: bool
+    line: bytes
+    batch: Batch | None = None
+    close: bool = False
