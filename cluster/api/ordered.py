@@ -29,9 +29,9 @@ import contextlib
 import logging
 from abc import abstractmethod
 from collections import deque
-from collections.abc import Coroutine, Generator
 from typing import Any, Final, Generic, TypeVar, cast
 
+from cluster.api.coro import Resume
 from cluster.api.metrics import Metrics
 from cluster.api.ports import Writes
 from cluster.api.reply import Reply
@@ -46,40 +46,6 @@ L = TypeVar("L", bound="Listener[Any]")
 
 # Parsed commands a connection may hold behind a pending write before it stops reading.
 BACKLOG_MAX: Final = 4096
-
-
-class _Resume:
-    """Awaits the rest of a coroutine whose first step already ran (and yielded `first`).
-
-    The delegation of `yield from` (PEP 380), written out because the first value was taken
-    outside: the awaiting task receives `first`, and every later value, exception or
-    cancellation passes through to the coroutine unchanged.
-    """
-
-    __slots__ = ("coro", "first")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
-        self.coro = coro
-        self.first = first
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro, value = self.coro, self.first
-        while True:
-            try:
-                sent = yield value
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:
-                try:
-                    value = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    value = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value
 
 
 class OrderedConnection(asyncio.Protocol, Generic[Item]):
@@ -241,7 +207,7 @@ class OrderedConnection(asyncio.Protocol, Generic[Item]):
         self._emit(False, self.error_line(Internal("internal error; see the node's log")))
         self._close()
 
-    def _replicate_now(self, reply: Reply) -> _Resume | None:
+    def _replicate_now(self, reply: Reply) -> Resume | None:
         """Async write mode: run `replicate` up to its first suspension, here and now.
 
         In async mode replication only queues the batch for the peers, so the coroutine
@@ -260,9 +226,9 @@ class OrderedConnection(asyncio.Protocol, Generic[Item]):
         except Exception:
             self._replication_failed(reply.batch)
             return None
-        return _Resume(coro, first)
+        return Resume(coro, first)
 
-    async def _drain(self, reply: Reply, started: _Resume | None = None) -> None:
+    async def _drain(self, reply: Reply, started: Resume | None = None) -> None:
         """Replicate a write, send its reply, then run the queue behind it in the same way.
 
         Only writes start or continue this loop; a write's reply is sent once it replicated,
