@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 N ?= 3
+RESP_PORT ?= 6379
 DURATION ?= 30s
 USERS ?= 50
 SPAWN_RATE ?= 10
@@ -61,10 +62,11 @@ install-system:
 	  echo "  without nft and ip the fault suite is skipped (under CI=true these skips fail)"; \
 	fi
 
-# Start the product in the foreground: N nodes (N=5 make run) behind nginx, HTTP on :8080 and the
-# line protocol on :9888; each node's log lines are prefixed by its name; Ctrl-C stops everything.
+# Start the product in the foreground: N nodes (N=5 make run) behind nginx, HTTP on :8080, the
+# line protocol on :9888 and RESP on :6379 (RESP_PORT=6380 make run when a redis-server holds
+# 6379); each node's log lines are prefixed by its name; Ctrl-C stops everything.
 run: install
-	$(BIN)/python -m loadtest.mesh --nodes $(N)
+	$(BIN)/python -m loadtest.mesh --nodes $(N) --resp-port $(RESP_PORT)
 
 # Stop a `make run` left in the background (by the PID files in run/, nothing else).
 stop: $(STAMP)

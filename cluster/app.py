@@ -25,6 +25,7 @@ from cluster.api.line.server import LineOptions, LineServer, start_line_server
 from cluster.api.metrics import Metrics, Reading, readings
 from cluster.api.middleware import error_middleware
 from cluster.api.ports import Writes
+from cluster.api.resp.server import RespOptions, RespServer, start_resp_server
 from cluster.api.router import SetGetRouter
 from cluster.config import Config
 from cluster.core.clock import Clock
@@ -102,6 +103,7 @@ class Node:
         )
         self.metrics = Metrics(self.readings)
         self.line_server: LineServer | None = None
+        self.resp_server: RespServer | None = None
         self.lifecycle = Lifecycle(
             config,
             self.clock,
@@ -111,7 +113,7 @@ class Node:
             self.replicator,
             self.gossip,
             peers,
-            on_serving=self._open_line_protocol,
+            on_serving=self._open_doors,
             on_bug=self.metrics.internal_errors.inc,
         )
         self.peer_service = PeerService(
@@ -125,15 +127,30 @@ class Node:
             lambda: self.lifecycle.ready,
         )
 
-    async def _open_line_protocol(self) -> None:
-        """The line protocol listens once the node serves: while it joins, nginx's stream proxy
-        (which cannot see a 503) must send new clients to the other nodes."""
+    async def _open_doors(self) -> None:
+        """The line protocol and RESP listen once the node serves: while it joins, nginx's
+        stream proxy (which cannot see a 503) must send new clients to the other nodes."""
         config = self.config
-        if config.tcp_port == 0 or self.line_server is not None:
-            return
-        self.line_server = await start_line_server(
-            self.make_line_server(), config.host, config.tcp_port
+        if config.tcp_port != 0 and self.line_server is None:
+            self.line_server = await start_line_server(
+                self.make_line_server(), config.host, config.tcp_port
+            )
+        if config.resp_port != 0 and self.resp_server is None:
+            self.resp_server = await start_resp_server(
+                self.make_resp_server(), config.host, config.resp_port
+            )
+
+    def make_resp_server(self, writes: Writes | None = None) -> RespServer:
+        """The RESP server over this node (writes replicate unless told otherwise)."""
+        config = self.config
+        options = RespOptions(
+            eager=config.write_mode == "async",
+            password=config.resp_password,
+            max_request=config.resp_max_bytes,
+            idle_timeout=config.line_idle_timeout,
         )
+        writes = writes if writes is not None else self.replicator
+        return RespServer(config.name, self.kv, writes, self.lifecycle, self.metrics, options)
 
     def make_line_server(self, writes: Writes | None = None) -> LineServer:
         """The line-protocol server over this node (writes replicate unless told otherwise)."""
@@ -229,9 +246,10 @@ class Node:
             await self.client.start()
         await self.lifecycle.start_loops()
         yield
-        if self.line_server is not None:
-            await self.line_server.close()  # its pending writes finish replicating first
-            self.line_server = None
+        for server in (self.line_server, self.resp_server):
+            if server is not None:
+                await server.close()  # its pending writes finish replicating first
+        self.line_server = self.resp_server = None
         await self.lifecycle.stop_loops()
         await self.replicator.close()
         if self.client is not None:

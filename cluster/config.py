@@ -38,6 +38,9 @@ class Config:
     port: int = option(8080, "HTTP port; gossip uses UDP on the same number; 0: any free port")
     advertise: str = option("", "host:port peers use to reach this node (default HOST:PORT)")
     tcp_port: int = option(9888, "line protocol port; 0 turns it off")
+    resp_port: int = option(6379, "RESP (Redis protocol) port; 0 turns it off")
+    resp_password: str | None = option(None, "password RESP clients must AUTH with")
+    resp_max_bytes: int = option(8 * 1024 * 1024, "largest RESP request in bytes")
     join: tuple[str, ...] = option((), "comma-separated host:port of nodes already in a mesh")
     cluster_key: str | None = option(None, "shared secret authenticating gossip and replication")
     admin_token: str | None = option(None, "bearer token required by mutating /cluster/* calls")
@@ -71,6 +74,10 @@ class Config:
             raise ConfigError(f"--port must be 0..65535, got {self.port}")
         if not 0 <= self.tcp_port <= 65535:
             raise ConfigError(f"--tcp-port must be 0..65535, got {self.tcp_port}")
+        if not 0 <= self.resp_port <= 65535:
+            raise ConfigError(f"--resp-port must be 0..65535, got {self.resp_port}")
+        if self.resp_max_bytes < 1024:
+            raise ConfigError("--resp-max-bytes must be at least 1024")
         if self.write_mode not in ("sync", "async"):
             raise ConfigError(f"--write-mode must be sync or async, got {self.write_mode!r}")
         if self.max_key_length < 1 or self.max_value_length < 0:
@@ -122,10 +129,11 @@ class Config:
 
     @classmethod
     def for_tests(cls, **overrides: Any) -> Config:
-        """Fast intervals, any free port, no line protocol unless asked for."""
+        """Fast intervals, any free port, no line protocol or RESP unless asked for."""
         base: dict[str, Any] = {
             "port": 0,
             "tcp_port": 0,
+            "resp_port": 0,
             "seed": 1,
             "expire_interval": 0.01,
             "replication_timeout": 1.0,

@@ -56,6 +56,21 @@ COLORS = ("36", "33", "32", "35", "34", "91", "92", "93", "94", "95", "96")
 # --- the balancer's configuration (pure) ----------------------------------------------------------
 
 
+# RESP (Redis protocol) clients keep a connection for a long time, as line-protocol clients do.
+RESP_STREAM = """    upstream kv_resp {{
+        # RESP (redis-cli, redis-benchmark, client libraries): balanced per connection.
+{servers}
+    }}
+    server {{
+        listen {listen};
+        proxy_pass kv_resp;
+        proxy_next_upstream on;
+        proxy_next_upstream_tries 3;
+        proxy_connect_timeout 1s;
+        proxy_timeout 10m;
+    }}"""
+
+
 def render_nginx(
     http_listen: str,
     tcp_listen: str,
@@ -63,6 +78,8 @@ def render_nginx(
     tcp_nodes: Sequence[str],
     workers: str = "1",
     stream_module: Path | None = STREAM_MODULE,
+    resp_listen: str | None = None,
+    resp_nodes: Sequence[str] = (),
 ) -> str:
     """The balancer config for these nodes, from nginx/kvmesh.conf.template.
 
@@ -77,8 +94,12 @@ def render_nginx(
     def servers(addresses: Sequence[str]) -> str:
         return "\n".join(f"        server {a} {SERVER_OPTIONS};" for a in addresses)
 
+    resp = ""
+    if resp_listen is not None:
+        resp = RESP_STREAM.format(servers=servers(resp_nodes), listen=resp_listen)
     text = TEMPLATE.read_text()
     for placeholder, value in {
+        "{{RESP_STREAM}}": resp,
         "{{LOAD_STREAM_MODULE}}": load,
         "{{WORKERS}}": workers,
         "{{HTTP_SERVERS}}": servers(http_nodes),
@@ -102,7 +123,14 @@ def render_docker_conf() -> str:
         "# edit the template, then regenerate. docker-compose mounts it as /etc/nginx/nginx.conf.\n"
     )
     return header + render_nginx(
-        "8080", "9888", ["node:8080"], ["node:9888"], workers="auto", stream_module=None
+        "8080",
+        "9888",
+        ["node:8080"],
+        ["node:9888"],
+        workers="auto",
+        stream_module=None,
+        resp_listen="6379",
+        resp_nodes=["node:6379"],
     )
 
 
@@ -114,6 +142,7 @@ class NodeSpec:
     name: str
     port: int  # HTTP, and gossip over UDP on the same number
     tcp_port: int  # line protocol
+    resp_port: int  # RESP
 
 
 @dataclass(frozen=True)
@@ -123,6 +152,7 @@ class Plan:
     tcp_port: int
     nodes: tuple[NodeSpec, ...]
     node_args: tuple[str, ...] = ()
+    resp_port: int = 6379
 
     @property
     def url(self) -> str:
@@ -141,6 +171,8 @@ class Plan:
             str(spec.port),
             "--tcp-port",
             str(spec.tcp_port),
+            "--resp-port",
+            str(spec.resp_port),
             *(["--join", ",".join(seeds)] if seeds else []),
             *self.node_args,
         ]
@@ -151,6 +183,8 @@ class Plan:
             f"{self.host}:{self.tcp_port}",
             [f"{self.host}:{n.port}" for n in self.nodes],
             [f"{self.host}:{n.tcp_port}" for n in self.nodes],
+            resp_listen=f"{self.host}:{self.resp_port}",
+            resp_nodes=[f"{self.host}:{n.resp_port}" for n in self.nodes],
         )
 
     def ports(self) -> list[tuple[int, str, str]]:
@@ -158,11 +192,13 @@ class Plan:
         out = [
             (self.http_port, "tcp", "nginx HTTP (--http-port)"),
             (self.tcp_port, "tcp", "nginx line protocol (--tcp-port)"),
+            (self.resp_port, "tcp", "nginx RESP (--resp-port, RESP_PORT= for make run)"),
         ]
         for n in self.nodes:
             out.append((n.port, "tcp", f"{n.name} HTTP (--node-port-base)"))
             out.append((n.port, "udp", f"{n.name} gossip (--node-port-base)"))
             out.append((n.tcp_port, "tcp", f"{n.name} line protocol (--node-tcp-base)"))
+            out.append((n.resp_port, "tcp", f"{n.name} RESP (--node-resp-base)"))
         return out
 
 
@@ -174,19 +210,30 @@ def make_plan(
     node_port_base: int = 18080,
     node_tcp_base: int = 19880,
     node_args: Sequence[str] = (),
+    resp_port: int = 6379,
+    node_resp_base: int = 16379,
 ) -> Plan:
     specs = tuple(
-        NodeSpec(f"node{i}", node_port_base + i, node_tcp_base + i) for i in range(1, nodes + 1)
+        NodeSpec(f"node{i}", node_port_base + i, node_tcp_base + i, node_resp_base + i)
+        for i in range(1, nodes + 1)
     )
-    return Plan(host, http_port, tcp_port, specs, tuple(node_args))
+    return Plan(host, http_port, tcp_port, specs, tuple(node_args), resp_port)
 
 
 def free_plan(nodes: int, node_args: Sequence[str] = ()) -> Plan:
     """A plan on free loopback ports (tests, the checker): nothing fixed, nothing shared."""
     specs = tuple(
-        NodeSpec(f"node{i}", procs.free_port(), procs.free_port()) for i in range(1, nodes + 1)
+        NodeSpec(f"node{i}", procs.free_port(), procs.free_port(), procs.free_port())
+        for i in range(1, nodes + 1)
     )
-    return Plan("127.0.0.1", procs.free_port(), procs.free_port(), specs, tuple(node_args))
+    return Plan(
+        "127.0.0.1",
+        procs.free_port(),
+        procs.free_port(),
+        specs,
+        tuple(node_args),
+        procs.free_port(),
+    )
 
 
 # --- ports ----------------------------------------------------------------------------------------
@@ -440,6 +487,8 @@ class Mesh:
             f"  HTTP           {p.url}   (try: curl '{p.url}/set?k=hello&v=world')\n"
             f"  line protocol  {p.host}:{p.tcp_port}   (try: printf 'GET hello\\n' | "
             f"nc -q1 {p.host} {p.tcp_port})\n"
+            f"  RESP (Redis)   {p.host}:{p.resp_port}   "
+            f"(try: redis-cli -p {p.resp_port} GET hello)\n"
             f"  nodes          {nodes}\n"
             f"  members        {p.url}/cluster/members\n"
             f"{logs}"
@@ -467,6 +516,8 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--tcp-port", type=int, default=9888, help="nginx line-protocol port [9888]")
     p.add_argument("--node-port-base", type=int, default=18080, help="node i: HTTP base+i")
     p.add_argument("--node-tcp-base", type=int, default=19880, help="node i: line base+i")
+    p.add_argument("--resp-port", type=int, default=6379, help="nginx RESP port [6379]")
+    p.add_argument("--node-resp-base", type=int, default=16379, help="node i: RESP base+i")
     p.add_argument("--run-dir", type=Path, default=procs.ROOT / "run", help="PID files, logs")
     p.add_argument("--node-arg", action="append", default=[], help="extra node.py argument")
     p.add_argument("--restart", action="store_true", help="restart a node that exits")
@@ -502,6 +553,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.node_port_base,
         args.node_tcp_base,
         args.node_arg,
+        args.resp_port,
+        args.node_resp_base,
     )
     stopping = threading.Event()
     received: list[int] = []

@@ -79,6 +79,7 @@ class NodeProc:
     name: str
     proc: subprocess.Popen[bytes]
     log: Path
+    resp_port: int = 0
 
     @property
     def url(self) -> str:
@@ -89,6 +90,7 @@ def start_node(
     *args: str,
     port: int | None = None,
     tcp_port: int | None = None,
+    resp_port: int | None = None,
     name: str | None = None,
     log_dir: Path | None = None,
     wait: bool = True,
@@ -96,6 +98,7 @@ def start_node(
 ) -> NodeProc:
     port = port or free_port()
     tcp_port = free_port() if tcp_port is None else tcp_port
+    resp_port = free_port() if resp_port is None else resp_port  # never the fixed 6379
     name = name or f"n{port}"
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="kvnode-"))
     log = log_dir / f"{name}.log"
@@ -106,12 +109,14 @@ def start_node(
         str(port),
         "--tcp-port",
         str(tcp_port),
+        "--resp-port",
+        str(resp_port),
         "--name",
         name,
         *args,
     ]
     proc = supervise.spawn(cmd, output=log, cwd=ROOT, env=env)
-    node = NodeProc(port, tcp_port, name, proc, log)
+    node = NodeProc(port, tcp_port, name, proc, log, resp_port)
     if wait:
         _serving(proc, node.url + "/health")
     return node

@@ -136,6 +136,12 @@ class Metrics:
             ["status"],
             registry=self.registry,
         )
+        self.resp_commands = Counter(
+            "resp_command_count",
+            "RESP commands served, by outcome",
+            ["status"],
+            registry=self.registry,
+        )
         self.registry.register(_Collector(self))
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:

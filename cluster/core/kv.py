@@ -142,19 +142,28 @@ class KV:
 
         No await happens here, so no other request interleaves with the batch on this node.
         """
-        ts = self.hlc.now()
         expires = self.clock.wall() + ttl if ttl is not None else None
+        return self.write_batch((k, v, expires if v is not None else None) for k, v in ops)
+
+    def write_batch(self, ops: Iterable[tuple[str, str | None, float | None]]) -> Batch:
+        """Apply (key, value or None, absolute expiry or None) ops in one step, one timestamp.
+
+        Within one timestamp a later op on the same key must win: only the last is kept.
+        """
+        ts = self.hlc.now()
         node = self.node
-        muts: list[Mutation] = []
-        latest: dict[str, int] = {}
-        for key, value in ops:
-            # Within one timestamp a later op on the same key must win: keep only the last.
-            latest[key] = len(muts)
-            muts.append(Mutation(key, value, ts, node, expires if value is not None else None))
-        final = tuple(m for i, m in enumerate(muts) if latest[m.key] == i)
-        for m in final:
+        final: dict[str, Mutation] = {}
+        for key, value, expires in ops:
+            final.pop(key, None)  # re-inserted last: the batch keeps the order of the last ops
+            final[key] = Mutation(key, value, ts, node, expires if value is not None else None)
+        for m in final.values():
             self.store.apply(m.key, m.value, ts, node, m.expires)
-        return Batch(ts, node, final)
+        return Batch(ts, node, tuple(final.values()))
+
+    def stage(self) -> Staged:
+        """A write set over this node's data: reads see its own writes; `commit` applies them
+        as one batch (one timestamp)."""
+        return Staged(self)
 
     def delete(self, key: str) -> Batch | None:
         """Tombstone a live key; None (nothing written) if it is missing."""
@@ -168,3 +177,43 @@ class KV:
         ts = self.hlc.now()
         self.store.apply_clear(ts, self.node)
         return Batch(ts, self.node, clear=True)
+
+
+class Staged:
+    """Writes staged on top of the store, read back before they are applied (a transaction).
+
+    `get` answers from the staged writes first, then from the store; `commit` applies every
+    staged write in one `write_batch` (one timestamp, no await) and returns the batch, or None if
+    nothing was staged. Used by RESP for single commands and for MULTI/EXEC alike.
+    """
+
+    __slots__ = ("kv", "ops")
+
+    def __init__(self, kv: KV) -> None:
+        self.kv = kv
+        self.ops: dict[str, tuple[str | None, float | None]] = {}
+
+    def get(self, key: str) -> tuple[str, float | None] | None:
+        """(value, absolute expiry or None) of a live key, staged writes first."""
+        if key in self.ops:
+            value, expires = self.ops[key]
+            if value is None or (expires is not None and expires <= self.kv.clock.wall()):
+                return None
+            return value, expires
+        entry = self.kv.get(key)
+        if entry is None or entry.value is None:
+            return None
+        return entry.value, entry.expires
+
+    def put(self, key: str, value: str, expires: float | None = None) -> None:
+        self.ops[key] = (value, expires)
+
+    def delete(self, key: str) -> None:
+        self.ops[key] = (None, None)
+
+    def commit(self) -> Batch | None:
+        if not self.ops:
+            return None
+        ops = [(k, v, e) for k, (v, e) in self.ops.items()]
+        self.ops = {}
+        return self.kv.write_batch(ops)

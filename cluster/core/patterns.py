@@ -67,3 +67,77 @@ def compile_pattern(source: str) -> Pattern:
     return Pattern(
         source, source[:prefix_end], _piece(head), len(head), middle, _piece(tail), len(tail)
     )
+
+
+def _glob_tokens(source: str) -> list[str | None]:
+    """A Redis glob as tokens: a regex for one character (literal, `?`, a class), None for `*`."""
+    tokens: list[str | None] = []
+    i, n = 0, len(source)
+    while i < n:
+        ch = source[i]
+        if ch == "*":
+            tokens.append(None)
+        elif ch == "?":
+            tokens.append(".")
+        elif ch == "\\" and i + 1 < n:
+            i += 1
+            tokens.append(re.escape(source[i]))
+        elif ch == "[":
+            end = source.find("]", i + 2 if source[i + 1 : i + 2] in ("^", "]") else i + 1)
+            if end < 0:
+                tokens.append(re.escape(ch))  # no closing bracket: a literal `[`, as Redis does
+            else:
+                body = source[i + 1 : end]
+                negate = body.startswith("^")
+                body = body[1:] if negate else body
+                parts = []
+                j = 0
+                while j < len(body):
+                    if body[j] == "\\" and j + 1 < len(body):
+                        parts.append(re.escape(body[j + 1]))
+                        j += 2
+                    elif j + 2 < len(body) and body[j + 1] == "-":
+                        lo, hi = sorted((body[j], body[j + 2]))
+                        parts.append(f"{re.escape(lo)}-{re.escape(hi)}")
+                        j += 3
+                    else:
+                        parts.append(re.escape(body[j]))
+                        j += 1
+                tokens.append(f"[{'^' if negate else ''}{''.join(parts)}]" if parts else "(?!)")
+                i = end
+        else:
+            tokens.append(re.escape(ch))
+        i += 1
+    return tokens
+
+
+def compile_glob(source: str) -> Pattern:
+    """Compile a Redis glob (KEYS, SCAN MATCH): `*`, `?`, `[abc]`, `[^a-z]`, `\\x`.
+
+    Every token but `*` stands for exactly one character, so a glob splits into fixed-length
+    pieces between its stars and matches in linear time, as a wildcard filter does.
+    """
+    if len(source) > MAX_PATTERN_LENGTH:
+        raise ValueError(f"pattern is longer than {MAX_PATTERN_LENGTH} characters")
+    tokens = _glob_tokens(source)
+    prefix = ""
+    for i, ch in enumerate(source):
+        if ch in "*?[\\":
+            break
+        prefix = source[: i + 1]
+    pieces: list[list[str]] = [[]]
+    for token in tokens:
+        if token is None:
+            pieces.append([])
+        else:
+            pieces[-1].append(token)
+
+    def piece(tokens: list[str]) -> re.Pattern[str]:
+        return re.compile("".join(tokens), re.DOTALL)
+
+    head = pieces[0]
+    if len(pieces) == 1:
+        return Pattern(source, prefix, piece(head), len(head), (), None, 0)
+    tail = pieces[-1]
+    middle = tuple(piece(p) for p in pieces[1:-1] if p)
+    return Pattern(source, prefix, piece(head), len(head), middle, piece(tail), len(tail))

@@ -90,7 +90,11 @@ def test_the_compose_file_is_valid_and_complete(config: dict[str, Any]) -> None:
     nginx = services["nginx"]
     assert nginx["depends_on"]["node"]["condition"] == "service_healthy"
     assert any(v.endswith("nginx/docker.conf:/etc/nginx/nginx.conf:ro") for v in nginx["volumes"])
-    assert {p.split(":", 1)[1] for p in nginx["ports"]} == {"8080:8080/tcp", "9888:9888/tcp"}
+    assert {p.split(":", 1)[1] for p in nginx["ports"]} == {
+        "8080:8080/tcp",
+        "9888:9888/tcp",
+        "6379:6379/tcp",
+    }
     assert any(p.endswith("8089:8089/tcp") for p in services["locust"]["ports"])
     # The locust image runs the version locked for the load extra.
     pinned = re.search(r"^locust==(\S+)", (procs.ROOT / "requirements.lock").read_text(), re.M)
@@ -131,13 +135,13 @@ class ComposeNode:
     def __init__(
         self,
         config: dict[str, Any],
-        ports: tuple[int, int],
+        ports: tuple[int, int, int],
         fake_bin: Path,
         log_dir: Path,
         env: dict[str, str],
     ) -> None:
         service = config["services"]["node"]
-        self.port, self.tcp_port = ports
+        self.port, self.tcp_port, self.resp_port = ports
         command = [unescape(str(c)) for c in service["command"]]
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("KV_")}
         self.env = {
@@ -147,6 +151,7 @@ class ComposeNode:
             "KV_HOST": "127.0.0.1",
             "KV_PORT": str(self.port),
             "KV_TCP_PORT": str(self.tcp_port),
+            "KV_RESP_PORT": str(self.resp_port),
             "KV_ADVERTISE": f"127.0.0.1:{self.port}",
             "PATH": f"{fake_bin}:{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
             **env,
@@ -185,8 +190,8 @@ def start_nodes(tmp_path: Path) -> Iterator[StartNodes]:
     started: list[ComposeNode] = []
 
     def start(config: dict[str, Any], count: int, **env: str) -> list[ComposeNode]:
-        ports = [(procs.free_port(), procs.free_port()) for _ in range(count)]
-        fake_bin = fake_dns(tmp_path / f"bin{len(started)}", [p for p, _ in ports])
+        ports = [(procs.free_port(), procs.free_port(), procs.free_port()) for _ in range(count)]
+        fake_bin = fake_dns(tmp_path / f"bin{len(started)}", [p for p, _, _ in ports])
         for pair in ports:
             started.append(ComposeNode(config, pair, fake_bin, tmp_path, env))
         return started[-count:]
@@ -214,13 +219,16 @@ def members(url: str) -> dict[str, str]:
     return {m["address"]: m["state"] for m in body["members"]}
 
 
-def docker_conf_here(http_port: int, tcp_port: int, nodes: list[ComposeNode]) -> str:
+def docker_conf_here(
+    http_port: int, tcp_port: int, nodes: list[ComposeNode], resp_port: int
+) -> str:
     """nginx/docker.conf with the service name and the listen ports replaced (nothing else)."""
     text = (procs.ROOT / "nginx" / "docker.conf").read_text()
     replaced = 0
     for public, local, ports in (
         (8080, http_port, [n.port for n in nodes]),
         (9888, tcp_port, [n.tcp_port for n in nodes]),
+        (6379, resp_port, [n.resp_port for n in nodes]),
     ):
         text, n = re.subn(
             rf"^(\s*)listen {public};$", rf"\1listen 127.0.0.1:{local};", text, flags=re.M
@@ -232,7 +240,7 @@ def docker_conf_here(http_port: int, tcp_port: int, nodes: list[ComposeNode]) ->
 
         text, n = re.subn(rf"^(\s*)server node:{public} (.*);$", servers, text, flags=re.M)
         replaced += n
-    assert replaced == 4, "docker.conf no longer has the lines this test replaces"
+    assert replaced == 6, "docker.conf no longer has the lines this test replaces"
     return text
 
 
@@ -246,7 +254,9 @@ def docker_nginx(tmp_path: Path) -> Iterator[Callable[[list[ComposeNode]], tuple
         http_port, tcp_port = procs.free_port(), procs.free_port()
         workdir = tmp_path / "nginx"
         workdir.mkdir()
-        (workdir / "docker.conf").write_text(docker_conf_here(http_port, tcp_port, nodes))
+        resp_port = procs.free_port()
+        conf = docker_conf_here(http_port, tcp_port, nodes, resp_port)
+        (workdir / "docker.conf").write_text(conf)
         load = ""
         if meshlib.STREAM_MODULE.exists():
             load = f"load_module {meshlib.STREAM_MODULE};\n"
