@@ -21,11 +21,12 @@ from cluster.api.admin import AdminApi
 from cluster.api.compat import CompatApi
 from cluster.api.http import HttpApi
 from cluster.api.internal import InternalApi
-from cluster.api.line.server import LineOptions, LineServer, start_line_server
+from cluster.api.line.server import LineOptions, LineServer
 from cluster.api.metrics import Metrics, Reading, readings
 from cluster.api.middleware import error_middleware
+from cluster.api.ordered import listen
 from cluster.api.ports import Writes
-from cluster.api.resp.server import RespOptions, RespServer, start_resp_server
+from cluster.api.resp.server import RespOptions, RespServer
 from cluster.api.router import SetGetRouter
 from cluster.config import Config
 from cluster.core.clock import Clock
@@ -128,17 +129,22 @@ class Node:
         )
 
     async def _open_doors(self) -> None:
-        """The line protocol and RESP listen once the node serves: while it joins, nginx's
-        stream proxy (which cannot see a 503) must send new clients to the other nodes."""
+        """Bind the line protocol and RESP, then start accepting on both in one step, right
+        before the node reports ready (see Lifecycle._serving): while it joins, nginx's stream
+        proxy (which cannot see a 503) must send new clients to the other nodes, and a client
+        that saw /health answer 200 must find every door open."""
         config = self.config
         if config.tcp_port != 0 and self.line_server is None:
-            self.line_server = await start_line_server(
-                self.make_line_server(), config.host, config.tcp_port
+            self.line_server = await listen(
+                self.make_line_server(), config.host, config.tcp_port, serving=False
             )
         if config.resp_port != 0 and self.resp_server is None:
-            self.resp_server = await start_resp_server(
-                self.make_resp_server(), config.host, config.resp_port
+            self.resp_server = await listen(
+                self.make_resp_server(), config.host, config.resp_port, serving=False
             )
+        for server in (self.line_server, self.resp_server):
+            if server is not None:
+                server.begin_serving()
 
     def make_resp_server(self, writes: Writes | None = None) -> RespServer:
         """The RESP server over this node (writes replicate unless told otherwise)."""

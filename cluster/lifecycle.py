@@ -104,6 +104,10 @@ class Lifecycle:
         """Members currently alive, this node included (a mesh of one until joined)."""
         return 1 + sum(1 for m in self.gossip.alive_peers() if m.name != self.name)
 
+    def replication_stats(self) -> dict[str, float]:
+        """Replication's figures (peers, queued writes, requests), for RESP's INFO."""
+        return self.replicator.stats()
+
     def member_names(self) -> list[str]:
         """Every member that tombstone purging must wait for (self, live and down peers)."""
         return [m.name for m in self.gossip.members() if m.state != LEFT]

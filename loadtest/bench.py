@@ -508,10 +508,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keys", type=int, default=1_000_000, help="keys for the memory test")
     parser.add_argument(
         "--only",
-        default="http,memory,line,boundary,mesh",
-        help="comma-separated sections: http, memory, line, boundary, mesh, soak",
+        default="http,memory,line,boundary,mesh,resp",
+        help="comma-separated sections: http, memory, line, boundary, mesh, resp, soak",
     )
     parser.add_argument("--join-keys", type=int, default=1_000_000, help="keys a joiner streams")
+    parser.add_argument(
+        "--resp-requests", type=int, default=200_000, help="redis-benchmark -n for the resp section"
+    )
     parser.add_argument("--soak-seconds", type=float, default=600.0, help="length of the soak")
     parser.add_argument(
         "--line-clients", type=int, default=2, help="client processes for the line section"
@@ -535,6 +538,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(lines), "\n", flush=True)
     if "boundary" in sections:
         print("\n".join(bench_boundary()), "\n", flush=True)
+    if "resp" in sections:
+        from loadtest import bench_resp
+
+        print("\n".join(bench_resp.bench_resp(args.resp_requests, args.rounds)), "\n", flush=True)
     if "mesh" in sections:
         from loadtest import bench_mesh  # imports this module: late, to avoid a cycle
 

@@ -435,12 +435,30 @@ class Listener(Generic[Conn]):
         if not self.connections:
             self.all_closed.set()
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, serving: bool = True) -> None:
+        """Bind host:port; with `serving` False, accept nothing until `begin_serving`."""
         loop = asyncio.get_running_loop()
         # A deep accept queue: hundreds of clients connecting at once must not hit SYN retries.
         self.server = await loop.create_server(
-            self.connection, host, port, reuse_address=True, backlog=1024
+            self.connection, host, port, reuse_address=True, backlog=1024, start_serving=serving
         )
+
+    def begin_serving(self) -> None:
+        """Listen now, in this very step, with no await.
+
+        So the node can open every door and report itself ready in one step: no client finds a
+        door open on a node whose /health still says it is syncing, nor the reverse.
+        `Server.start_serving` listens first and then yields once to the loop; the listening is
+        all that is needed here, so its coroutine is run to that yield and closed.
+        """
+        if self.server is None:
+            raise RuntimeError(f"the {self.kind} is not bound")
+        step = self.server.start_serving()
+        try:
+            step.send(None)
+        except StopIteration:
+            return
+        step.close()
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop listening, let pending writes finish replicating (bounded), close clients."""
@@ -470,8 +488,9 @@ class Listener(Generic[Conn]):
         logger.info("node=%s %s closed", self.name, self.kind)
 
 
-async def listen(server: L, host: str, port: int) -> L:
-    """Listen on host:port (0: any free port); returns the server."""
-    await server.start(host, port)
+async def listen(server: L, host: str, port: int, serving: bool = True) -> L:
+    """Listen on host:port (0: any free port); returns the server. With `serving` False it is
+    bound but accepts nothing until `begin_serving`."""
+    await server.start(host, port, serving)
     logger.info("node=%s serving the %s on %s:%d", server.name, server.kind, host, server.port)
     return server

@@ -271,12 +271,16 @@ def test_the_line_protocol_listens_only_once_synced(mesh: Mesh) -> None:
     b = mesh.start(join=a, wait=False)
     probes_while_syncing = connected_while_syncing = 0
     while True:
+        # The port first, then /health: a node turns ready only once, so a port that answered
+        # before /health said 503 was open while the node was syncing (the other order would
+        # count a node that became ready between the two probes).
+        line_open = _listening(b.tcp_port)
         status = call(b.url + "/health")[0] if _listening(b.port) else 0
         if status == 200:
             break
         if status == 503:
             probes_while_syncing += 1
-            connected_while_syncing += _listening(b.tcp_port)
+            connected_while_syncing += line_open
         time.sleep(0.005)
     assert probes_while_syncing > 0  # 60,000 keys take a while to stream
     assert connected_while_syncing == 0

@@ -125,6 +125,7 @@ async def test_connection_and_introspection(r: aioredis.Redis) -> None:
     info = await r.info()
     assert info["redis_version"]
     assert "alive_members" in info
+    assert info["replication_queued_writes"] == 0
     assert set(await r.info("keyspace")) <= {"db0"}
     assert await r.config_get("appendonly") == {"appendonly": "no"}
     seconds, _ = await r.time()

@@ -167,6 +167,7 @@ class World:
             port=PORT,
             advertise=address_of(i),
             tcp_port=0,
+            resp_port=0,
             join=join,
             seed=self.rng.randrange(1 << 30),
             max_clock_offset=MAX_OFFSET,

@@ -200,6 +200,7 @@ def _info(call: Call) -> Result:
         "# Mesh",
         f"node:{ctx.name}",
         f"alive_members:{ctx.mesh.alive_members()}",
+        *(f"{name}:{value:g}" for name, value in ctx.mesh.replication_stats().items()),
     ]
     lines += [
         f"member{i}:name={m.name},state={m.state},address={m.address}"

@@ -37,6 +37,10 @@ class Mesh(Protocol):
 
     def alive_members(self) -> int: ...
 
+    def replication_stats(self) -> dict[str, float]:
+        """replication_* figures: peers, writes queued for them (the lag), requests."""
+        ...
+
 
 @dataclass(slots=True)
 class Client:
