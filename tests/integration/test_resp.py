@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, ResponseError, WatchError
 
 from cluster.api.resp.server import RespServer, start_resp_server
@@ -212,7 +214,8 @@ async def test_watch_has_its_local_meaning(serve: Serve) -> None:
 
 async def test_auth(serve: Serve) -> None:
     _, server = await serve(resp_password="s3cret")
-    anon = aioredis.Redis(port=server.port, protocol=2)
+    # No retries: redis-py retries a connection error (an auth error is one) with backoff.
+    anon = aioredis.Redis(port=server.port, protocol=2, retry=Retry(NoBackoff(), 0))
     with pytest.raises(AuthenticationError, match="Authentication required"):
         await anon.get("k")  # NOAUTH
     with pytest.raises(AuthenticationError):
