@@ -152,13 +152,17 @@ class KV:
         """
         ts = self.hlc.now()
         node = self.node
-        final: dict[str, Mutation] = {}
-        for key, value, expires in ops:
-            final.pop(key, None)  # re-inserted last: the batch keeps the order of the last ops
-            final[key] = Mutation(key, value, ts, node, expires if value is not None else None)
-        for m in final.values():
-            self.store.apply(m.key, m.value, ts, node, m.expires)
-        return Batch(ts, node, tuple(final.values()))
+        muts = [
+            Mutation(key, value, ts, node, expires if value is not None else None)
+            for key, value, expires in ops
+        ]
+        if len(muts) > 1 and len({m.key for m in muts}) < len(muts):
+            last = {m.key: i for i, m in enumerate(muts)}
+            muts = [m for i, m in enumerate(muts) if last[m.key] == i]
+        apply = self.store.apply
+        for m in muts:
+            apply(m.key, m.value, ts, node, m.expires)
+        return Batch(ts, node, tuple(muts))
 
     def stage(self) -> Staged:
         """A write set over this node's data: reads see its own writes; `commit` applies them

@@ -67,8 +67,11 @@ class RequestDecoder:
             if request is False:
                 break
             self._fed = 0
-            if not isinstance(request, list) or not all(isinstance(a, bytes) for a in request):
+            if type(request) is not list:
                 return self._fail(out, "expected an array of bulk strings")
+            for arg in request:
+                if type(arg) is not bytes:
+                    return self._fail(out, "expected an array of bulk strings")
             if request:
                 out.append(request)
         if self._fed > self.max_request:

@@ -82,6 +82,9 @@ def _set(call: Call) -> Result:
         else:
             raise RespError("ERR syntax error")
         i += 1
+    if not (condition or get or keep_ttl):  # the common SET: nothing to read first
+        call.staged.put(key, value, expires)
+        return codec.OK, None
     old = call.staged.get(key)
     if (condition == "NX" and old is not None) or (condition == "XX" and old is None):
         return done(codec.bulk(old[0] if get and old else None, call.proto))

@@ -27,6 +27,15 @@ _NOT_QUEUED: Final = frozenset({"EXEC", "DISCARD", "MULTI", "WATCH", "QUIT", "RE
 _BEFORE_AUTH: Final = frozenset({"AUTH", "HELLO", "QUIT", "RESET"})
 
 
+# The command table by the exact bytes clients send (upper and lower case): no decode, no
+# upper() on the hot path.
+_BY_NAME: Final = {
+    spelled: cmd
+    for name, cmd in COMMANDS.items()
+    for spelled in (name.encode(), name.lower().encode())
+}
+
+
 class RespSession:
     def __init__(self, ctx: Context, client_id: int) -> None:
         self.ctx = ctx
@@ -46,8 +55,10 @@ class RespSession:
     def execute(self, request: list[bytes] | codec.ProtocolError) -> Reply:
         if isinstance(request, codec.ProtocolError):
             return Reply(False, codec.error(f"ERR Protocol error: {request}"), close=True)
-        name = request[0].decode("utf-8", "replace").upper()
-        command = COMMANDS.get(name)
+        command = _BY_NAME.get(request[0])  # the names clients send, as they send them
+        if command is None:
+            command = COMMANDS.get(request[0].decode("utf-8", "replace").upper())
+        name = command.name if command is not None else ""
         client = self.client
         if command is None:
             shown = " ".join(f"'{a[:40].decode('utf-8', 'replace')}'" for a in request[1:4])
