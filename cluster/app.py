@@ -128,11 +128,12 @@ class Node:
             lambda: self.lifecycle.ready,
         )
 
-    async def _open_doors(self) -> None:
-        """Bind the line protocol and RESP, then start accepting on both in one step, right
-        before the node reports ready (see Lifecycle._serving): while it joins, nginx's stream
-        proxy (which cannot see a 503) must send new clients to the other nodes, and a client
-        that saw /health answer 200 must find every door open."""
+    async def bind_doors(self) -> None:
+        """Bind the line protocol's and RESP's ports, accepting nothing yet.
+
+        At start-up, so that a port already in use stops the node with a clear message (as the
+        HTTP port does), whether or not it joins a mesh; `_open_doors` starts accepting later.
+        """
         config = self.config
         if config.tcp_port != 0 and self.line_server is None:
             self.line_server = await listen(
@@ -142,6 +143,13 @@ class Node:
             self.resp_server = await listen(
                 self.make_resp_server(), config.host, config.resp_port, serving=False
             )
+
+    async def _open_doors(self) -> None:
+        """Start accepting on the line protocol and RESP in one step, right before the node
+        reports ready (see Lifecycle._serving): while it joins, nginx's stream proxy (which
+        cannot see a 503) must send new clients to the other nodes, and a client that saw
+        /health answer 200 must find every door open."""
+        await self.bind_doors()
         for server in (self.line_server, self.resp_server):
             if server is not None:
                 server.begin_serving()
@@ -250,6 +258,7 @@ class Node:
         """The parts that live as long as the HTTP application (aiohttp cleanup_ctx)."""
         if self.client is not None:
             await self.client.start()
+        await self.bind_doors()
         await self.lifecycle.start_loops()
         yield
         for server in (self.line_server, self.resp_server):

@@ -457,8 +457,10 @@ class Listener(Generic[Conn]):
         try:
             step.send(None)
         except StopIteration:
-            return
-        step.close()
+            pass
+        else:
+            step.close()
+        logger.info("node=%s serving the %s on port %d", self.name, self.kind, self.port)
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop listening, let pending writes finish replicating (bounded), close clients."""
@@ -492,5 +494,6 @@ async def listen(server: L, host: str, port: int, serving: bool = True) -> L:
     """Listen on host:port (0: any free port); returns the server. With `serving` False it is
     bound but accepts nothing until `begin_serving`."""
     await server.start(host, port, serving)
-    logger.info("node=%s serving the %s on %s:%d", server.name, server.kind, host, server.port)
+    if serving:
+        logger.info("node=%s serving the %s on %s:%d", server.name, server.kind, host, server.port)
     return server

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -20,7 +21,7 @@ from urllib.parse import quote
 
 import pytest
 
-from loadtest.procs import ROOT, NodeProc, start_node, stop
+from loadtest.procs import ROOT, NodeProc, free_port, start_node, stop
 
 pytestmark = pytest.mark.e2e
 
@@ -144,3 +145,23 @@ def test_help_exits_0() -> None:
     assert result.returncode == 0, result
     assert "usage: node.py" in result.stdout
     assert "KV_TCP_PORT" in result.stdout
+
+
+@pytest.mark.parametrize("option", ["--tcp-port", "--resp-port"])
+@pytest.mark.parametrize("join", [False, True], ids=["alone", "joining"])
+def test_a_taken_protocol_port_stops_the_node_at_start_with_a_message(
+    option: str, join: bool
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        other = "--resp-port" if option == "--tcp-port" else "--tcp-port"
+        args = [option, str(port), other, "0", "--port", str(free_port())]
+        if join:  # a seed that is not there: the node would wait for it, but the port comes first
+            args += ["--join", f"127.0.0.1:{free_port()}"]
+        result = run_node(*args)
+    assert result.returncode == 1, result
+    assert "cannot start" in result.stderr
+    assert "address already in use" in result.stderr.lower()
+    assert "Traceback" not in result.stderr
