@@ -19,12 +19,15 @@ from typing import Final
 from cluster.api.reply import Reply
 from cluster.api.resp import codec
 from cluster.api.resp.commands import COMMANDS, Call, Client, Context, RespError
+from cluster.core.kv import Staged
 from cluster.errors import KVError
 
 # Commands that run at once inside MULTI instead of being queued.
 _NOT_QUEUED: Final = frozenset({"EXEC", "DISCARD", "MULTI", "WATCH", "QUIT", "RESET"})
 # Commands allowed before AUTH when a password is set.
 _BEFORE_AUTH: Final = frozenset({"AUTH", "HELLO", "QUIT", "RESET"})
+# Commands that act on the session's transaction state rather than on the data.
+_SESSION_OPS: Final = frozenset({"MULTI", "EXEC", "DISCARD", "WATCH"})
 
 
 # The command table by the exact bytes clients send (upper and lower case): no decode, no
@@ -39,6 +42,7 @@ _BY_NAME: Final = {
 class RespSession:
     def __init__(self, ctx: Context, client_id: int) -> None:
         self.ctx = ctx
+        self.kv = ctx.kv
         self.client = Client(client_id, authed=ctx.password is None)
 
     @property
@@ -75,6 +79,21 @@ class RespSession:
                 return self._refused(f"ERR {name} is not allowed inside MULTI in kvmesh")
             client.multi.append(request)
             return Reply(True, codec.QUEUED)
+        if name in _SESSION_OPS:
+            return self._session_op(name, request)
+        staged = Staged(self.kv)
+        call = Call(self.ctx, client, staged, request)
+        try:
+            line, batch = command.run(call)
+        except (RespError, KVError) as exc:
+            return Reply(False, _error_line(exc))
+        if batch is None and staged.ops:
+            batch = staged.commit()
+        return Reply(True, line, batch, call.close)
+
+    def _session_op(self, name: str, request: list[bytes]) -> Reply:
+        """MULTI, EXEC, DISCARD and WATCH: the transaction state of this connection."""
+        client = self.client
         if name == "MULTI":
             return self._multi()
         if name == "EXEC":
@@ -84,19 +103,9 @@ class RespSession:
                 return Reply(False, codec.error("ERR DISCARD without MULTI"))
             self._end_multi()
             return Reply(True, codec.OK)
-        if name == "WATCH":
-            if client.multi is not None:
-                return Reply(False, codec.error("ERR WATCH inside MULTI is not allowed"))
-            return self._watch(request[1:])
-        staged = self.ctx.kv.stage()
-        call = Call(self.ctx, client, staged, request)
-        try:
-            line, batch = command.run(call)
-        except (RespError, KVError) as exc:
-            return Reply(False, _error_line(exc))
-        if batch is None:
-            batch = staged.commit()
-        return Reply(True, line, batch, close=call.close)
+        if client.multi is not None:  # WATCH
+            return Reply(False, codec.error("ERR WATCH inside MULTI is not allowed"))
+        return self._watch(request[1:])
 
     # --- transactions ----------------------------------------------------------------------------
 
