@@ -45,17 +45,9 @@ KILL_AT = 3.0
 THREADS = 6
 
 
-@pytest.fixture
-def mesh(tmp_path: Path) -> Iterator[meshlib.Mesh]:
-    m = meshlib.Mesh(meshlib.free_plan(3), tmp_path, quiet=True)
-    try:
-        m.start_nodes()
-        m.wait_nodes()
-        m.start_nginx()
-        m.wait_nginx()
-        yield m
-    finally:
-        m.stop()
+def balancer(mesh: meshlib.Mesh, timeout: float) -> http.client.HTTPConnection:
+    """A connection to the mesh's balancer (nginx's HTTP port)."""
+    return http.client.HTTPConnection("127.0.0.1", mesh.plan.http_port, timeout=timeout)
 
 
 def request(
@@ -116,9 +108,9 @@ class Load:
 
 
 def test_a_node_killed_with_sigkill_costs_no_requests_beyond_those_in_flight(
-    mesh: meshlib.Mesh,
+    running_mesh: meshlib.Mesh,
 ) -> None:
-    load = Load(mesh.plan.http_port)
+    load = Load(running_mesh.plan.http_port)
     start = time.monotonic()
     until = start + LOAD_SECONDS
     threads = [
@@ -127,7 +119,7 @@ def test_a_node_killed_with_sigkill_costs_no_requests_beyond_those_in_flight(
     for t in threads:
         t.start()
     time.sleep(KILL_AT)
-    victim = mesh.children["node2"].proc
+    victim = running_mesh.children["node2"].proc
     assert victim is not None
     with load.lock:  # no request starts or ends while we count and kill
         in_flight_at_kill = load.in_flight
@@ -135,7 +127,7 @@ def test_a_node_killed_with_sigkill_costs_no_requests_beyond_those_in_flight(
         os.kill(victim.pid, signal.SIGKILL)
         load.killed_at = time.monotonic()
     victim.wait()
-    mesh.children["node2"].reported = True
+    running_mesh.children["node2"].reported = True
     for t in threads:
         t.join(timeout=LOAD_SECONDS + 30)
     print(
@@ -148,10 +140,10 @@ def test_a_node_killed_with_sigkill_costs_no_requests_beyond_those_in_flight(
     assert load.ok_after_kill > 0, "the balancer served nothing after the kill"
     assert len(load.failures) <= in_flight_at_kill, load.failures
     # The two survivors still answer through the balancer, and a write reaches both of them.
-    with closing(http.client.HTTPConnection("127.0.0.1", mesh.plan.http_port, timeout=15)) as c:
+    with closing(balancer(running_mesh, 15)) as c:
         status, _, _ = request(c, "PUT", "/keys/after-kill", {"value": "yes"})
     assert status == 200
-    for spec in mesh.plan.nodes:
+    for spec in running_mesh.plan.nodes:
         if spec.name != "node2":
             with closing(http.client.HTTPConnection("127.0.0.1", spec.port, timeout=5)) as c:
                 status, _, raw = request(c, "GET", "/keys/after-kill")
@@ -159,18 +151,18 @@ def test_a_node_killed_with_sigkill_costs_no_requests_beyond_those_in_flight(
 
 
 def test_a_frozen_node_delays_reads_and_fails_writes_but_never_replays_them(
-    mesh: meshlib.Mesh,
+    running_mesh: meshlib.Mesh,
 ) -> None:
     """SIGSTOP, not SIGKILL: the node accepts connections but does not answer. A read waits for
     nginx's read timeout and is retried on another node; a write is not (the frozen node would
     apply it when it resumes, after the retry, undoing later writes): the client gets a 504."""
-    frozen = mesh.children["node2"].proc
+    frozen = running_mesh.children["node2"].proc
     assert frozen is not None
-    address = f"127.0.0.1:{mesh.plan.nodes[1].port}"
+    address = f"127.0.0.1:{running_mesh.plan.nodes[1].port}"
     os.kill(frozen.pid, signal.SIGSTOP)
     try:
         answers = []
-        with closing(http.client.HTTPConnection("127.0.0.1", mesh.plan.http_port, timeout=30)) as c:
+        with closing(balancer(running_mesh, 30)) as c:
             for i in range(6):  # round robin reaches the frozen node within three
                 status, headers, _ = request(c, "PUT", f"/keys/frozen{i}", {"value": "v"})
                 answers.append((status, headers["X-Upstream"]))
@@ -183,7 +175,7 @@ def test_a_frozen_node_delays_reads_and_fails_writes_but_never_replays_them(
         # round robin), the read times out there and is answered by another node.
         deadline = time.monotonic() + 60
         reads: list[tuple[int, str]] = []
-        with closing(http.client.HTTPConnection("127.0.0.1", mesh.plan.http_port, timeout=30)) as c:
+        with closing(balancer(running_mesh, 30)) as c:
             while not reads or not reads[-1][1].startswith(f"{address}, "):
                 assert time.monotonic() < deadline, f"nginx never tried {address} again: {reads}"
                 status, headers, _ = request(c, "GET", f"/keys/frozen{len(reads) % 3}")
@@ -214,8 +206,8 @@ class LineClient:
         self.sock.close()
 
 
-def test_the_line_protocol_is_balanced_through_the_stream_proxy(mesh: meshlib.Mesh) -> None:
-    port = mesh.plan.tcp_port
+def test_the_line_protocol_is_balanced_through_the_stream_proxy(running_mesh: meshlib.Mesh) -> None:
+    port = running_mesh.plan.tcp_port
     with LineClient(port) as c:
         assert c.send("PUT greeting   hello through nginx  ") == [{"status": "Ok"}]
         assert c.send("START", "PUT a 1", "PUT b 2", "COMMIT") == [{"status": "Ok"}] * 4
@@ -242,10 +234,10 @@ def test_the_line_protocol_is_balanced_through_the_stream_proxy(mesh: meshlib.Me
     ]
 
 
-def test_the_balancer_hides_internal_routes_and_names_the_node(mesh: meshlib.Mesh) -> None:
-    addresses = {f"127.0.0.1:{n.port}" for n in mesh.plan.nodes}
+def test_the_balancer_hides_internal_routes_and_names_the_node(running_mesh: meshlib.Mesh) -> None:
+    addresses = {f"127.0.0.1:{n.port}" for n in running_mesh.plan.nodes}
     served = set()
-    with closing(http.client.HTTPConnection("127.0.0.1", mesh.plan.http_port, timeout=5)) as c:
+    with closing(balancer(running_mesh, 5)) as c:
         status, _, raw = request(c, "GET", "/internal/snapshot")
         assert status == 404
         assert json.loads(raw)["code"] == "NOT_FOUND"

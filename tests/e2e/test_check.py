@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -35,19 +33,6 @@ def run_check(*args: str) -> subprocess.CompletedProcess[str]:
     )
     print(result.stdout, result.stderr)
     return result
-
-
-@pytest.fixture
-def running_mesh(tmp_path: Path) -> Iterator[meshlib.Mesh]:
-    m = meshlib.Mesh(meshlib.free_plan(3), tmp_path, quiet=True)
-    try:
-        m.start_nodes()
-        m.wait_nodes()
-        m.start_nginx()
-        m.wait_nginx()
-        yield m
-    finally:
-        m.stop()
 
 
 def test_a_healthy_mesh_passes(running_mesh: meshlib.Mesh) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -23,24 +21,11 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def mesh(tmp_path: Path) -> Iterator[meshlib.Mesh]:
-    m = meshlib.Mesh(meshlib.free_plan(3), tmp_path, quiet=True)
-    try:
-        m.start_nodes()
-        m.wait_nodes()
-        m.start_nginx()
-        m.wait_nginx()
-        yield m
-    finally:
-        m.stop()
-
-
 @pytest.mark.parametrize("protocol", [3, 2])
 def test_writes_through_the_balancer_are_read_on_every_node(
-    mesh: meshlib.Mesh, protocol: int
+    running_mesh: meshlib.Mesh, protocol: int
 ) -> None:
-    plan = mesh.plan
+    plan = running_mesh.plan
     lb = redis.Redis(port=plan.resp_port, protocol=protocol, decode_responses=True)
     assert lb.set("greeting", "hello") is True  # sync mode: on every node once acknowledged
     with lb.pipeline(transaction=True) as p:
@@ -54,10 +39,10 @@ def test_writes_through_the_balancer_are_read_on_every_node(
     lb.close()
 
 
-def test_redis_cli(mesh: meshlib.Mesh) -> None:
+def test_redis_cli(running_mesh: meshlib.Mesh) -> None:
     cli = shutil.which("redis-cli")
     assert cli is not None, "redis-cli (Debian's redis-tools) is not installed"
-    port = str(mesh.plan.resp_port)
+    port = str(running_mesh.plan.resp_port)
 
     def run(*args: str, stdin: str | None = None) -> str:
         done = subprocess.run(
