@@ -421,23 +421,30 @@ def _line_roundtrip(port: int, i: int) -> float:
     return (time.perf_counter() - started) * 1000
 
 
+def slowloris(port: int, i: int, stop: threading.Event, sent: list[int] | None = None) -> None:
+    """A slow HTTP client: a request header one byte a second, never finished, until `stop`.
+
+    `sent[i]` counts the bytes it sent (or tried to, if the node closed on it)."""
+    request = f"GET /get?k=x{i} HTTP/1.1\r\nHost: x\r\nX-Slow: {'a' * 100}\r\n".encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        for byte in request:
+            if stop.wait(1.0):
+                return
+            if sent is not None:
+                sent[i] += 1
+            try:
+                s.sendall(bytes([byte]))
+            except OSError:
+                return  # the node may close a slow client: also fine
+
+
 @contextmanager
 def _idle_and_slow_clients(node: procs.NodeProc) -> Iterator[None]:
     stop = threading.Event()
 
-    def slowloris(i: int) -> None:
-        request = f"GET /get?k=x{i} HTTP/1.1\r\nHost: x\r\nX-Slow: {'a' * 100}\r\n".encode()
-        with socket.create_connection(("127.0.0.1", node.port), timeout=5) as s:
-            for byte in request:
-                if stop.wait(1.0):
-                    return
-                try:
-                    s.sendall(bytes([byte]))
-                except OSError:
-                    return  # the node closed a slow client
-
     slow = [
-        threading.Thread(target=slowloris, args=(i,), daemon=True) for i in range(BOUNDARY_SLOW)
+        threading.Thread(target=slowloris, args=(node.port, i, stop), daemon=True)
+        for i in range(BOUNDARY_SLOW)
     ]
     idle: list[socket.socket] = []
     try:

@@ -378,7 +378,7 @@ class OrderedConnection(asyncio.Protocol, Generic[Item]):
 class Listener(Generic[Conn]):
     """The listening socket and its connections; `close` stops both.
 
-    `connection` makes a protocol's connection; `ok` and `error` are the command counters.
+    `connection` makes a protocol's connection; `commands` counts its commands by outcome.
     """
 
     kind = "server"  # how log lines name it
@@ -392,8 +392,7 @@ class Listener(Generic[Conn]):
         *,
         eager: bool,
         idle_timeout: float,
-        ok: Any,
-        error: Any,
+        commands: Any,
     ) -> None:
         self.name = name
         self.kv = kv
@@ -409,8 +408,8 @@ class Listener(Generic[Conn]):
         self.all_closed = asyncio.Event()
         self.all_closed.set()
         # Children of the command counter, resolved once: `labels()` is a locked dict lookup.
-        self.ok = ok
-        self.error = error
+        self.ok = commands.labels("ok")
+        self.error = commands.labels("error")
 
     @abstractmethod
     def connection(self) -> Conn:

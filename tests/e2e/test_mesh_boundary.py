@@ -48,6 +48,7 @@ from cluster.membership.messages import (
 )
 from cluster.net import auth
 from loadtest import procs
+from loadtest.bench import slowloris
 
 pytestmark = pytest.mark.e2e
 
@@ -467,20 +468,8 @@ def test_slow_and_idle_clients_do_not_starve_a_normal_one(tmp_path: Path) -> Non
     trickled = [0] * 5  # bytes each slowloris client has sent (or tried to, if closed on)
     try:
         # A few slowloris clients: a request header one byte a second, never finished.
-        def slowloris(i: int) -> None:
-            request = f"GET /get?k=x{i} HTTP/1.1\r\nHost: x\r\nX-Slow: {'a' * 100}\r\n".encode()
-            with socket.create_connection(("127.0.0.1", node.port), timeout=5) as s:
-                for byte in request:
-                    if stop.wait(1.0):
-                        return
-                    trickled[i] += 1
-                    try:
-                        s.sendall(bytes([byte]))
-                    except OSError:
-                        return  # the node may close a slow client: also fine
-
         for i in range(len(trickled)):
-            t = threading.Thread(target=slowloris, args=(i,), daemon=True)
+            t = threading.Thread(target=slowloris, args=(node.port, i, stop, trickled), daemon=True)
             t.start()
             slow_threads.append(t)
         # A thousand idle connections each on HTTP and on the line protocol, never a byte.

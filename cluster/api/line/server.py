@@ -94,8 +94,7 @@ class LineServer(Listener[LineConnection]):
             metrics,
             eager=options.eager,
             idle_timeout=options.idle_timeout,
-            ok=metrics.line_commands.labels("ok"),
-            error=metrics.line_commands.labels("error"),
+            commands=metrics.line_commands,
         )
         self.options = options
 

@@ -79,8 +79,7 @@ class RespServer(Listener[RespConnection]):
             metrics,
             eager=options.eager,
             idle_timeout=options.idle_timeout,
-            ok=metrics.resp_commands.labels("ok"),
-            error=metrics.resp_commands.labels("error"),
+            commands=metrics.resp_commands,
         )
         self.options = options
         self.context = Context(name, kv, mesh, options.password, kv.clock.wall())
