@@ -437,13 +437,24 @@ class Mesh:
         self._spawn(child)
 
     def wait_nginx(self, timeout: float = 10.0) -> None:
-        supervise.wait_until(
-            lambda: is_kvmesh(self.plan.url),
-            f"nginx to answer on {self.plan.url}",
-            timeout,
-            watch={"nginx": self.children["nginx"].proc},
-            stopping=self.stopping,
-        )
+        try:
+            supervise.wait_until(
+                lambda: is_kvmesh(self.plan.url),
+                f"nginx to answer on {self.plan.url}",
+                timeout,
+                watch={"nginx": self.children["nginx"].proc},
+                stopping=self.stopping,
+            )
+        except supervise.NotReady as exc:
+            raise supervise.NotReady(f"{exc}{self._log_tail('nginx')}") from None
+
+    def _log_tail(self, name: str, lines: int = 5) -> str:
+        """The last lines a quiet child wrote (its log file), to say why it exited."""
+        log = self.run_dir / f"{name}.log"
+        if not self.quiet or not log.exists():
+            return ""
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+        return "".join(f"\n  {name} | {line}" for line in tail)
 
     def check(self) -> bool:
         """Report children that exited (and restart nodes if asked); False if the mesh is down."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -42,19 +43,41 @@ FAST_MESH_ARGS: tuple[str, ...] = (
 )
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port free for both TCP and UDP on 127.0.0.1 (nodes gossip on UDP at the HTTP port)."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
+def _ephemeral_low() -> int:
+    """The first port of the kernel's range for outgoing connections' source ports."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Ports handed out by this process: a plan asks for several before any is bound.
+_given: set[int] = set()
+_pick = random.Random()  # spreads test ports; not for anything secret
+
+
+def free_port() -> int:
+    """A port free for both TCP and UDP on 127.0.0.1 (nodes gossip on UDP at the HTTP port).
+
+    Chosen below the kernel's ephemeral range, never by binding port 0: a port from that range
+    can be taken as the source port of an outgoing connection (nodes open many) between the
+    moment it is handed out and the moment nginx or a node binds it, and the bind then fails.
+    """
+    low, high = 10000, _ephemeral_low() - 1
+    for _ in range(1000):
+        port = _pick.randint(low, high)
+        if port in _given:
+            continue
         try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", port))
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
                 u.bind(("127.0.0.1", port))
         except OSError:
             continue
+        _given.add(port)
         return port
-    raise RuntimeError("no free port")
+    raise RuntimeError(f"no free port in {low}-{high}")
 
 
 def rss_bytes(pid: int) -> int:
