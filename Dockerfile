@@ -18,7 +18,7 @@ RUN pip install -c requirements.lock . \
 
 USER kvmesh
 # HTTP and gossip (UDP on the same number), then the line protocol.
-EXPOSE 8080/tcp 8080/udp 9888/tcp
+EXPOSE 8080/tcp 8080/udp 9888/tcp 6379/tcp
 # Bind every interface of the container; the other options keep node.py's defaults (KV_* variables
 # override them, see `python node.py --help`).
 ENV KV_HOST=0.0.0.0

@@ -28,6 +28,7 @@ from cluster.api.ordered import listen
 from cluster.api.ports import Writes
 from cluster.api.resp.server import RespOptions, RespServer
 from cluster.api.router import SetGetRouter
+from cluster.api.status import StatusApi
 from cluster.config import Config
 from cluster.core.clock import Clock
 from cluster.core.hlc import HybridClock
@@ -126,6 +127,15 @@ class Node:
             self.replicator,
             self.gossip,
             lambda: self.lifecycle.ready,
+            lambda: self.status.local_body(),
+        )
+        self.status = StatusApi(
+            config.name,
+            self.lifecycle,
+            self.metrics,
+            peers,
+            self.clock,
+            admin_token=config.admin_token is not None,
         )
 
     async def bind_doors(self) -> None:
@@ -288,7 +298,9 @@ def build_app(node: Node) -> web.Application:
     app.add_routes(SetGetRouter(api, compat).routes())
     app.add_routes(AdminApi(config.name, node.lifecycle, config.admin_token).routes())
     app.add_routes(InternalApi(node.peer_service).routes())
+    app.add_routes(node.status.routes())
     app.cleanup_ctx.append(node.background)
+    app.cleanup_ctx.append(node.status.sampler)
     return app
 
 

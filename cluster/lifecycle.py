@@ -21,10 +21,10 @@ import contextlib
 import ipaddress
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from cluster.config import Config
-from cluster.core.addresses import parse_hostport
+from cluster.core.addresses import format_hostport, parse_hostport
 from cluster.core.backoff import backoff
 from cluster.core.clock import Clock
 from cluster.core.hlc import HybridClock
@@ -38,6 +38,7 @@ from cluster.errors import (
     SeedRefused,
 )
 from cluster.membership.swim import ALIVE, DEAD, LEFT, SUSPECT, Member, MemberEvent
+from cluster.membership.timeline import Timeline
 from cluster.net.gossip import Gossip
 from cluster.replication.repair import RepairResult, pull_snapshot, repair_with
 from cluster.replication.sender import Replicator
@@ -89,6 +90,8 @@ class Lifecycle:
         self.join_problem: str | None = None
         self.repairs = 0
         self.repair_failures = 0
+        self.last_repair: dict[str, object] | None = None  # the last round that moved data
+        self.timeline = Timeline()
         self.http_port = config.port
         self._join_task: asyncio.Task[None] | None = None
         self._loops: list[asyncio.Task[None]] = []
@@ -108,12 +111,39 @@ class Lifecycle:
         """Replication's figures (peers, queued writes, requests), for RESP's INFO."""
         return self.replicator.stats()
 
+    def report(self) -> dict[str, object]:
+        """This node's own figures for /cluster/status (the load is added by the api layer)."""
+        wall, now = self.clock.wall(), self.clock.monotonic()
+        wall_ms = int(wall * 1000)
+        stats = self.store.stats()
+        members = self.members()
+        return {
+            "name": self.name,
+            "address": next((m.address for m in members if m.name == self.name), ""),
+            "ready": self.ready,
+            "keys": stats.keys,
+            "tombstones": stats.tombstones,
+            "peers": self.replicator.peer_report(wall_ms),
+            "refused_for_skew": self.replicator.refused_batches,
+            "repairs": self.repairs,
+            "repair_failures": self.repair_failures,
+            "last_repair": self.last_repair,
+            # How far the hybrid clock runs ahead of this machine's wall clock: it is pushed
+            # ahead by peers whose clocks are ahead; 0 when every clock agrees.
+            "hlc_ahead_ms": max(0, (self.hlc.last >> 16) - wall_ms),
+            "members": [
+                {**m.as_dict(), "for_s": round(max(0.0, now - m.since), 1)} for m in members
+            ],
+            "events": [e.as_dict() for e in self.timeline.entries(wall)],
+        }
+
     def member_names(self) -> list[str]:
         """Every member that tombstone purging must wait for (self, live and down peers)."""
         return [m.name for m in self.gossip.members() if m.state != LEFT]
 
     def on_member_event(self, event: MemberEvent) -> None:
         """Replicate to members that are up; stop for those down, forget those gone."""
+        self.timeline.record(event, self.clock.wall())
         if event.name == self.name:
             return
         if event.new_state in (ALIVE, SUSPECT):
@@ -178,8 +208,7 @@ class Lifecycle:
 
     async def _join_at_start(self) -> None:
         """--join: retry until a seed answers (seeds may start after us), then sync."""
-        seeds = [s for s in self.config.join if not await self._is_self(s)]
-        if not seeds:
+        if not await self.seed_addresses(self.config.join):
             logger.warning(
                 "node=%s --join names only this node itself: starting as a mesh of one", self.name
             )
@@ -190,7 +219,7 @@ class Lifecycle:
             attempt += 1
             delay = backoff(attempt, 0.2, 5.0, self.rng)
             try:
-                await self.join(seeds)
+                await self.join(self.config.join)
                 return
             except SeedRefused as exc:
                 # A misconfiguration, not a network problem: loud, and shown by /health.
@@ -199,14 +228,14 @@ class Lifecycle:
                 logger.warning("node=%s %s; retrying in %.1fs", self.name, exc, delay)
             await asyncio.sleep(delay)
 
-    async def join(self, seeds: list[str]) -> None:
+    async def join(self, seeds: Sequence[str]) -> None:
         """Join the mesh through `seeds`, then stream a snapshot.
 
         NoSeedReachable if none answers; SeedRefused if one answered but refused us. An answer
         from this node itself (a seed that is an alias of our own address) is not a join: the
         mesh must then hold some other member.
         """
-        others = [s for s in seeds if not await self._is_self(s)]
+        others = await self.seed_addresses(seeds)
         if not others:
             raise NoSeedReachable("the only seeds given are this node itself")
         joined = await self.gossip.join(others, timeout=self.config.join_timeout)
@@ -219,28 +248,50 @@ class Lifecycle:
         self.join_problem = None
         await self.sync()
 
-    async def _is_self(self, seed: str) -> bool:
-        """Does `seed` ("host:port") name this very node (same port, one of our addresses)?"""
-        try:
-            host, port = parse_hostport(seed)
-        except AddressError:
-            return False
+    async def seed_addresses(self, seeds: Sequence[str]) -> list[str]:
+        """The addresses to contact for `seeds`, this node's own left out.
+
+        A name is resolved to every address it has, each tried: a Kubernetes headless service or
+        a Docker service name lists every member, this node among them, and the system resolver
+        would hand gossip just one of them, perhaps our own. A name that does not resolve (yet: a
+        pod not scheduled) is kept as given, and the next attempt resolves it again.
+        """
+        out: list[str] = []
+        for seed in seeds:
+            try:
+                host, port = parse_hostport(seed)
+            except AddressError:
+                out.append(seed)  # gossip reports it
+                continue
+            if port == self.http_port and host in self._own_hosts():
+                continue
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                try:
+                    ips = await self._resolve(host, port)
+                except OSError:
+                    out.append(seed)
+                    continue
+                out += [
+                    format_hostport(ip, port) for ip in sorted(ips) if not self._is_own(ip, port)
+                ]
+                continue
+            if not self._is_own(host, port):
+                out.append(seed)
+        return list(dict.fromkeys(out))
+
+    def _own_hosts(self) -> set[str]:
+        return {self.config.host, parse_hostport(self.config.advertise, allow_zero=True)[0]}
+
+    def _is_own(self, ip: str, port: int) -> bool:
+        """Is ip:port this very node (same port, one of our addresses)?"""
         if port != self.http_port:
             return False
-        ours = {self.config.host, parse_hostport(self.config.advertise, allow_zero=True)[0]}
-        if host in ours:
-            return True
-        try:
-            ips = {str(ipaddress.ip_address(host))}
-        except ValueError:
-            try:
-                ips = await self._resolve(host, port)
-            except OSError:
-                return False
-        if ips & ours:
+        if ip in self._own_hosts():
             return True
         # Bound to loopback or to every address: a loopback alias (localhost) is us too.
-        loopback = any(ip.startswith("127.") or ip == "::1" for ip in ips)
+        loopback = ip.startswith("127.") or ip == "::1"
         return loopback and self.config.host in ("127.0.0.1", "localhost", "0.0.0.0", "::")
 
     async def sync(self) -> None:
@@ -391,6 +442,14 @@ class Lifecycle:
             self.replicator.note_peer_stable(link.name, result.peer_stable)
         if result.differing:
             self.repairs += 1
+            self.last_repair = {
+                "at": self.clock.wall(),
+                "peer": link.name,
+                "buckets": result.differing,
+                "sent": result.sent,
+                "received": result.received,
+                "applied": result.applied,
+            }
             logger.info(
                 "node=%s peer=%s anti-entropy: %d buckets differed, sent %d, got %d, applied %d",
                 self.name,

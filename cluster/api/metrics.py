@@ -25,6 +25,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Routes that are not client load: peers, scrapes, health checks, the dashboard itself.
+NOT_LOAD = ("/internal/", "/metrics", "/health", "/cluster/", "/ui")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -153,6 +155,23 @@ class Metrics:
             lat = self.latencies[route] = _Latency()
         lat.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         lat.total += seconds
+
+    def client_totals(self) -> tuple[int, list[int]]:
+        """Client requests served so far (HTTP, line-protocol and RESP commands; not peers',
+        scrapes or health checks), and the HTTP ones' latency counts per bucket summed over
+        routes: what the dashboard's load history samples once a second."""
+        requests = sum(
+            n for (route, _, _), n in self.request_counts.items() if not route.startswith(NOT_LOAD)
+        )
+        buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        for route, lat in self.latencies.items():
+            if not route.startswith(NOT_LOAD):
+                buckets = [a + b for a, b in zip(buckets, lat.counts, strict=True)]
+        get = self.registry.get_sample_value
+        for family in ("line_command_count_total", "resp_command_count_total"):
+            for status in ("ok", "error"):
+                requests += int(get(family, {"status": status}) or 0)
+        return requests, buckets
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -23,7 +23,7 @@ from cluster.errors import Internal, KVError, Unavailable
 logger = logging.getLogger(__name__)
 
 # Served while the node is still joining: operations, membership and node-to-node routes.
-ALWAYS_SERVED = ("/health", "/metrics", "/cluster/", "/internal/")
+ALWAYS_SERVED = ("/health", "/metrics", "/cluster/", "/internal/", "/ui")
 
 # aiohttp raises these for routing and body-size failures; they map onto the contract's codes.
 _HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "BODY_TOO_LARGE"}

@@ -50,3 +50,14 @@ class ClusterAdmin(Protocol):
     async def leave(self) -> None: ...
 
     async def remove(self, name: str) -> bool: ...
+
+
+class ClusterReport(Protocol):
+    """This node's own state for /cluster/status (cluster.lifecycle.Lifecycle)."""
+
+    def report(self) -> dict[str, object]:
+        """Membership view, replication links, repairs, clock and store figures; see the
+        README's /cluster/status section for the shape."""
+        ...
+
+    def members(self) -> list[Member]: ...

@@ -35,13 +35,15 @@ class Outgoing:
 @dataclass(frozen=True, slots=True)
 class MemberEvent:
     """A member's state changed in our view. `old_state` None: first heard of; `new_state`
-    None: forgotten (reaped, or we left the mesh)."""
+    None: forgotten (reaped, or we left the mesh). `by`: who removed it, when another member
+    forced it out (a `left` that is a removal, not a graceful leave)."""
 
     name: str
     address: str
     old_state: str | None
     new_state: str | None
     incarnation: int
+    by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -280,16 +280,19 @@ class View:
                 record.incarnation = msg.incarnation
                 self._broadcast(msg.node, msg)
             return
-        self._set_down(record, LEFT, msg.incarnation, now)
+        by = msg.sender if msg.sender != msg.node else None
+        self._set_down(record, LEFT, msg.incarnation, now, by)
         self._broadcast(msg.node, msg)
 
-    def _set_down(self, record: Record, state: str, incarnation: int, now: float) -> None:
+    def _set_down(
+        self, record: Record, state: str, incarnation: int, now: float, by: str | None = None
+    ) -> None:
         self._suspicions.pop(record.name, None)
         old = record.state
         record.state = state
         record.incarnation = incarnation
         record.since = now
-        self._event(record, old, state)
+        self._event(record, old, state, by)
 
     def _refute(self, accused: int) -> None:
         """Outbid an accusation: an incarnation above both ours and the accused one.
@@ -309,8 +312,12 @@ class View:
             if r is not self._me and r.state in UP
         )
 
-    def _event(self, record: Record, old: str | None, new: str | None) -> None:
-        self._events.append(MemberEvent(record.name, record.address, old, new, record.incarnation))
+    def _event(
+        self, record: Record, old: str | None, new: str | None, by: str | None = None
+    ) -> None:
+        self._events.append(
+            MemberEvent(record.name, record.address, old, new, record.incarnation, by)
+        )
 
     def _broadcast(self, name: str, msg: Message) -> None:
         self._broadcasts.add(name, msg)
@@ -325,7 +332,9 @@ class View:
             if r.state == ALIVE:
                 self._on_alive(Alive(r.name, r.address, r.incarnation), now)
             elif r.state == LEFT:
-                self._on_leave(Leave(r.name, r.incarnation, self.name), now)
+                # A full state does not say who made it leave: taken as a graceful leave.
+                sender = self.name if r.name == self.name else r.name
+                self._on_leave(Leave(r.name, r.incarnation, sender), now)
             else:
                 self._on_suspect(Suspect(r.name, r.incarnation, self.name), now)
 

@@ -450,7 +450,7 @@ class Membership(View):
         if record.state == LEFT:
             return []
         msg = Leave(name, record.incarnation + 1, self.name)
-        self._set_down(record, LEFT, msg.incarnation, now)
+        self._set_down(record, LEFT, msg.incarnation, now, by=self.name)
         self._broadcast(name, msg)
         out = [self._packet(record.address, [msg])]
         out.extend(

@@ -32,6 +32,7 @@ from cluster.replication.sender import Replicator
 logger = logging.getLogger(__name__)
 
 MAX_SNAPSHOT_PAGE = 20_000
+STATUS_PATH = "/internal/status"  # this node's figures, for a peer assembling /cluster/status
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,7 @@ class PeerService:
         replicator: Replicator,
         gossip: Gossip,
         ready: Callable[[], bool],
+        status: Callable[[], bytes] = lambda: b"{}",
     ) -> None:
         self.name = name
         self.key = cluster_key
@@ -68,6 +70,7 @@ class PeerService:
         self.replicator = replicator
         self.gossip = gossip
         self.ready = ready
+        self.status = status  # this node's figures for a peer's /cluster/status
         self.rejected_unauthenticated = 0
         self.rejected_malformed = 0
         self._refusals = auth.RefusalLog()
@@ -92,6 +95,8 @@ class PeerService:
             return self._exchange(request.body)
         if route == ("GET", antientropy.SNAPSHOT_PATH):
             return self._snapshot(query)
+        if route == ("GET", STATUS_PATH):
+            return self.status()
         raise NotFound(f"no node-to-node route {request.method} {url.path}")
 
     def _authenticate(self, request: PeerRequest) -> None:

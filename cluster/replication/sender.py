@@ -281,6 +281,24 @@ class Replicator:
         if sender != self.node:
             self.peer_stable[sender] = max(stable, self.peer_stable.get(sender, 0))
 
+    def peer_report(self, now_ms: int) -> list[dict[str, object]]:
+        """Each peer's link, for the dashboard: writes queued for it (the hints), how long the
+        oldest has waited (the replication lag, 0 when nothing waits), whether it is failing."""
+        out: list[dict[str, object]] = []
+        for name, link in sorted(self.links.items()):
+            queue = link.state.queue
+            oldest_ms = queue[0].batch.ts >> 16 if queue else now_ms
+            out.append(
+                {
+                    "name": name,
+                    "address": link.address,
+                    "queued": link.state.queued_mutations,
+                    "lag_ms": max(0, now_ms - oldest_ms),
+                    "failing": link.failing,
+                }
+            )
+        return out
+
     def stats(self) -> dict[str, float]:
         """Counters and gauges for /metrics, named replication_* (see cluster.api.metrics)."""
         return {
