@@ -1,6 +1,7 @@
 """`kvmesh`: the operator's command, a client of a node's (or the balancer's) HTTP API.
 
     kvmesh members                      the member table, like `consul members`
+    kvmesh status [--json]              the dashboard's figures as text (GET /cluster/status)
     kvmesh join SEED [SEED ...]         POST /cluster/join
     kvmesh leave                        POST /cluster/leave
     kvmesh remove NAME                  POST /cluster/remove
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -96,9 +98,13 @@ def main(ctx: click.Context, url: str, token: str | None, timeout: float) -> Non
 
 
 def _table(rows: list[list[str]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    """Aligned columns, the first row the header; a shorter row's last cell spans the rest."""
+    n = len(rows[0])
+    widths = [
+        max(len(row[i]) for row in rows if i < len(row) - 1 or len(row) == n) for i in range(n)
+    ]
     for row in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip())
 
 
 @main.command()
@@ -111,6 +117,76 @@ def members(client: Client) -> None:
         me = " (this node)" if m["name"] == body["self"] else ""
         rows.append([m["name"] + me, m["address"], m["state"], str(m["incarnation"])])
     _table(rows)
+
+
+def _since(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.1f}m" if seconds < 3600 else f"{seconds / 3600:.1f}h"
+
+
+def _clock(at: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(at))
+
+
+def _num(x: float | None, digits: int) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _node_row(n: dict[str, Any]) -> list[str]:
+    if "error" in n:
+        error = str(n["error"])
+        return [n["name"], "unreachable: " + (error if len(error) <= 60 else error[:57] + "...")]
+    peers = n["peers"]
+    failing = [p["name"] for p in peers if p["failing"]]
+    hints = str(sum(p["queued"] for p in peers))
+    if failing:
+        hints += f" (failing: {','.join(failing)})"
+    r = n["last_repair"]
+    repair = "none"
+    if r is not None:
+        repair = f"{_clock(r['at'])} with {r['peer']}: {r['buckets']} buckets, "
+        repair += f"sent {r['sent']}, got {r['received']}, applied {r['applied']}"
+    return [
+        n["name"] if n["ready"] else f"{n['name']} (joining)",
+        str(n["keys"]),
+        _num(n["load"]["requests_per_s"], 1),
+        _num(n["load"]["p99_ms"], 2),
+        hints,
+        str(max((p["lag_ms"] for p in peers), default=0)),
+        str(n["refused_for_skew"]),
+        str(n["hlc_ahead_ms"]),
+        repair,
+    ]
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="print the raw JSON (for scripts)")
+@pass_client
+def status(client: Client, as_json: bool) -> None:
+    """The dashboard's figures (members, nodes, events) as text."""
+    body = client.call("GET", "/cluster/status")
+    if as_json:
+        click.echo(json.dumps(body, indent=2, sort_keys=True))
+        return
+    me = body["served_by"]
+    click.echo(f"mesh as seen by {me}\n")
+    rows = [["Node", "Address", "Status", "Incarnation", "Since"]]
+    for m in body["members"]:
+        name = m["name"] + (" (this node)" if m["name"] == me else "")
+        rows.append([name, m["address"], m["state"], str(m["incarnation"]), _since(m["for_s"])])
+    _table(rows)
+    click.echo()
+    header = ["Node", "Keys", "Req/s", "p99 ms", "Hints", "Lag ms", "Skew refused"]
+    _table([[*header, "HLC ahead ms", "Last repair"], *map(_node_row, body["nodes"])])
+    click.echo("\nEvents (last 15 min):")
+    for e in body["events"]:
+        detail = f", {e['detail']}" if e["detail"] else ""
+        click.echo(
+            f"{_clock(e['at'])}  {e['kind']:9}  {e['name']}  incarnation {e['incarnation']}{detail}"
+        )
+    if not body["events"]:
+        click.echo("(none)")
 
 
 @main.command()
