@@ -14,6 +14,7 @@ import logging
 import random
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
@@ -42,6 +43,9 @@ from cluster.net.http_peers import PeerClient
 from cluster.net.peer_service import PeerService
 from cluster.net.udp import UdpTransport
 from cluster.replication.sender import Replicator
+from cluster.storage import disk
+from cluster.storage.journal import Journal
+from cluster.storage.writes import DurableWrites
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +71,17 @@ class Node:
         self.rng = rng if rng is not None else random.Random(config.seed)
         self.store = Store()
         self.hlc = HybridClock(self.clock.wall, config.max_clock_offset)
+        # --data-dir: the replica comes back from disk before anything else touches the store,
+        # and from then on every change the store keeps goes to the journal.
+        self.journal: Journal | None = None
+        marks = disk.Marks()
+        if config.data_dir:
+            directory = Path(config.data_dir)
+            conn = disk.load(directory, config.fsync, self.store, repair=config.repair_data)
+            marks = disk.marks_of(conn)
+            self.hlc.restored(self.store.restored_max_ts)
+            self.journal = Journal(conn, config.fsync, config.name, directory)
+            self.store.sink = self.journal
         self.kv = KV(
             self.store,
             self.hlc,
@@ -74,6 +89,8 @@ class Node:
             config.name,
             Limits(config.max_key_length, config.max_value_length, config.max_ttl),
         )
+        if self.journal is not None:
+            self.kv.writable = self.journal.check_writable
         self.client: PeerClient | None = None
         if peers is None:
             peers = self.client = PeerClient(config.name, config.cluster_key, self.clock.wall)
@@ -92,6 +109,13 @@ class Node:
             sync=config.write_mode == "sync",
             timeout=config.replication_timeout,
             max_hints=config.max_hints,
+        )
+        # What the faces hand a write to once applied: with a disk copy, it is acknowledged
+        # only after its commit too.
+        self.writes: Writes = (
+            self.replicator
+            if self.journal is None
+            else DurableWrites(self.journal, self.replicator)
         )
         self.gossip = Gossip(
             config.name,
@@ -117,6 +141,8 @@ class Node:
             peers,
             on_serving=self._open_doors,
             on_bug=self.metrics.internal_errors.inc,
+            covered=marks.covered,
+            on_covered=self._keep_covered,
         )
         self.peer_service = PeerService(
             config.name,
@@ -128,6 +154,7 @@ class Node:
             self.gossip,
             lambda: self.lifecycle.ready,
             lambda: self.status.local_body(),
+            None if self.journal is None else self.journal.check_writable,
         )
         self.status = StatusApi(
             config.name,
@@ -137,6 +164,10 @@ class Node:
             self.clock,
             admin_token=config.admin_token is not None,
         )
+
+    def _keep_covered(self, covered: int) -> None:
+        if self.journal is not None:
+            self.journal.mark("covered", covered)
 
     async def bind_doors(self) -> None:
         """Bind the line protocol's and RESP's ports, accepting nothing yet.
@@ -173,7 +204,7 @@ class Node:
             max_request=config.resp_max_bytes,
             idle_timeout=config.line_idle_timeout,
         )
-        writes = writes if writes is not None else self.replicator
+        writes = writes if writes is not None else self.writes
         return RespServer(config.name, self.kv, writes, self.lifecycle, self.metrics, options)
 
     def make_line_server(self, writes: Writes | None = None) -> LineServer:
@@ -185,7 +216,7 @@ class Node:
             max_line=config.line_max_bytes,
             idle_timeout=config.line_idle_timeout,
         )
-        writes = writes if writes is not None else self.replicator
+        writes = writes if writes is not None else self.writes
         return LineServer(config.name, self.kv, writes, self.metrics, options)
 
     def readings(self) -> list[Reading]:
@@ -266,6 +297,8 @@ class Node:
 
     async def background(self, app: web.Application) -> AsyncIterator[None]:
         """The parts that live as long as the HTTP application (aiohttp cleanup_ctx)."""
+        if self.journal is not None:
+            self.journal.start()
         if self.client is not None:
             await self.client.start()
         await self.bind_doors()
@@ -279,6 +312,8 @@ class Node:
         await self.replicator.close()
         if self.client is not None:
             await self.client.close()
+        if self.journal is not None:
+            await self.journal.close()  # last: everything above may still have written
 
 
 def build_app(node: Node) -> web.Application:
@@ -291,13 +326,14 @@ def build_app(node: Node) -> web.Application:
             error_middleware(config.name, status, node.metrics, node.clock, config.max_body_bytes)
         ],
     )
-    api = HttpApi(config.name, node.kv, node.replicator, status, node.metrics)
-    compat = CompatApi(node.kv, node.replicator)
+    api = HttpApi(config.name, node.kv, node.writes, status, node.metrics)
+    compat = CompatApi(node.kv, node.writes)
     app.add_routes(api.routes())
     app.add_routes(compat.routes())
     app.add_routes(SetGetRouter(api, compat).routes())
     app.add_routes(AdminApi(config.name, node.lifecycle, config.admin_token).routes())
-    app.add_routes(InternalApi(node.peer_service).routes())
+    durable = None if node.journal is None else node.journal.synced
+    app.add_routes(InternalApi(node.peer_service, durable).routes())
     app.add_routes(node.status.routes())
     app.cleanup_ctx.append(node.background)
     app.cleanup_ctx.append(node.status.sampler)

@@ -44,6 +44,9 @@ class Config:
     join: tuple[str, ...] = option((), "comma-separated host:port of nodes already in a mesh")
     cluster_key: str | None = option(None, "shared secret authenticating gossip and replication")
     admin_token: str | None = option(None, "bearer token required by mutating /cluster/* calls")
+    data_dir: str | None = option(None, "keep this node's replica on disk in this directory")
+    fsync: str = option("everysec", "with --data-dir: always, everysec or no (Redis's appendfsync)")
+    repair_data: bool = option(False, "move a damaged --data-dir copy aside and start empty")
     max_key_length: int = option(64, "maximum key length in characters (code points)")
     max_value_length: int = option(256, "maximum value length in characters (code points)")
     write_mode: str = option("sync", "sync: ack once every live peer applied; async: once local")
@@ -100,6 +103,8 @@ class Config:
             )
         if self.join_timeout <= 0:
             raise ConfigError("--join-timeout must be positive")
+        if self.fsync not in ("always", "everysec", "no"):
+            raise ConfigError(f"--fsync must be always, everysec or no, got {self.fsync!r}")
         if self.max_clock_offset <= 0:
             raise ConfigError("--max-clock-offset must be positive")
         for seed in self.join:
@@ -201,8 +206,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         epilog="Every option also reads an environment variable: --tcp-port <- KV_TCP_PORT.",
     )
     for f in OPTIONS:
-        typ = _scalar(f.name)
         var = env_var(f.name)
+        if _TYPES[f.name] is bool:  # a switch: given or not; the variable says 1/true/yes/on
+            on = env.get(var, "").strip().lower() in ("1", "true", "yes", "on")
+            parser.add_argument(
+                flag(f.name), action="store_true", default=on, help=f"{f.metadata['help']} [{var}]"
+            )
+            continue
+        typ = _scalar(f.name)
         default: Any = "" if f.name == "join" else f.default  # join: comma-separated text
         raw = env.get(var)
         if raw is not None and raw != "":

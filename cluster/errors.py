@@ -10,6 +10,7 @@
     ├── NoSeedReachable (502)    NO_SEED_REACHABLE
     ├── SeedRefused (502)        SEED_REFUSED: a seed answered but refused us (the keys differ)
     ├── Unavailable (503)        UNAVAILABLE: the node is still joining (streaming its snapshot)
+    ├── StorageUnavailable (503) STORAGE_UNAVAILABLE: the disk copy (--data-dir) takes no writes
     └── Internal (500)           INTERNAL: a bug; logged with a traceback and counted
 
     DecodeError                  bytes from a peer, or a cursor, that do not decode (every decoder)
@@ -42,6 +43,7 @@ STATUS: Final[dict[str, int]] = {
     "NO_SEED_REACHABLE": 502,
     "SEED_REFUSED": 502,
     "UNAVAILABLE": 503,
+    "STORAGE_UNAVAILABLE": 503,
     "INTERNAL": 500,
 }
 
@@ -96,6 +98,12 @@ class SeedRefused(KVError):
 
 class Unavailable(KVError):
     code = "UNAVAILABLE"
+
+
+class StorageUnavailable(KVError):
+    """The disk copy refuses writes (full, failing): writes are refused, reads go on."""
+
+    code = "STORAGE_UNAVAILABLE"
 
 
 class Internal(KVError):

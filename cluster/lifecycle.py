@@ -40,7 +40,7 @@ from cluster.errors import (
 from cluster.membership.swim import ALIVE, DEAD, LEFT, SUSPECT, Member, MemberEvent
 from cluster.membership.timeline import Timeline
 from cluster.net.gossip import Gossip
-from cluster.replication.repair import RepairResult, pull_snapshot, repair_with
+from cluster.replication.repair import RepairResult, peer_purged_max, pull_snapshot, repair_with
 from cluster.replication.sender import Replicator
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,8 @@ class Lifecycle:
         on_serving: Callable[[], Awaitable[None]] | None = None,
         on_bug: Callable[[], None] | None = None,
         resolve: Resolve = resolve_ips,
+        covered: int = 0,
+        on_covered: Callable[[int], None] | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -91,6 +93,10 @@ class Lifecycle:
         self.repairs = 0
         self.repair_failures = 0
         self.last_repair: dict[str, object] | None = None  # the last round that moved data
+        # Every peer's writes up to this timestamp are known to be here (the least stable point
+        # the peers published to us): what a rejoining replica can trust of its own copy.
+        self.covered = covered
+        self._on_covered = on_covered
         self.timeline = Timeline()
         self.http_port = config.port
         self._join_task: asyncio.Task[None] | None = None
@@ -313,7 +319,10 @@ class Lifecycle:
             for peer in peers:
                 started = self.clock.monotonic()
                 try:
-                    got = await pull_snapshot(self.store, self.hlc, self.peers, peer.address)
+                    if self._holds_data():
+                        got = await self._catch_up(peer.name, peer.address)
+                    else:
+                        got = await pull_snapshot(self.store, self.hlc, self.peers, peer.address)
                 except PeerError as exc:
                     joining += exc.status == 503
                     logger.info("node=%s peer=%s no snapshot: %s", self.name, peer.name, exc)
@@ -347,6 +356,48 @@ class Lifecycle:
                 all_joining_since = None
             attempt += 1
             await asyncio.sleep(backoff(attempt, 0.1, 1.0, self.rng))
+
+    def _holds_data(self) -> bool:
+        return len(self.store) > 0 or self.store.stats().tombstones > 0
+
+    async def _catch_up(self, name: str, address: str) -> int:
+        """A replica that already holds data (its disk copy, or what it kept after a leave)
+        fetches only what is newer than what it is known to hold, then repairs the rest by
+        anti-entropy; entries received.
+
+        Unless the peer purged a tombstone newer than `covered`: this replica may then hold a
+        key that tombstone deleted, and nothing left in the mesh would delete it again. It drops
+        every entry that old and streams the whole data set instead: never a resurrection.
+        """
+        purged = await peer_purged_max(self.peers, address)
+        if purged > self.covered:
+            dropped = self.store.drop_up_to(purged)
+            logger.warning(
+                "node=%s peer=%s purged tombstones up to %d, beyond what this replica is known "
+                "to hold (%d): dropped %d entries that old, streaming the whole data set",
+                self.name,
+                name,
+                purged,
+                self.covered,
+                dropped,
+            )
+            return await pull_snapshot(self.store, self.hlc, self.peers, address)
+        got = await pull_snapshot(self.store, self.hlc, self.peers, address, since=self.covered)
+        result = await repair_with(
+            self.store, self.hlc, self.peers, address, me=self.name, stable=self.replicator.stable()
+        )
+        logger.info(
+            "node=%s peer=%s caught up: %d entries newer than %d, then anti-entropy exchanged "
+            "%d buckets (sent %d, got %d)",
+            self.name,
+            name,
+            got,
+            self.covered,
+            result.differing,
+            result.sent,
+            result.received,
+        )
+        return got + result.received
 
     async def _serving(self) -> None:
         """Synced (or a mesh of one): serve clients.
@@ -400,11 +451,25 @@ class Lifecycle:
                 # points may not be here yet, so this node must not refuse it as stale
             try:
                 self.store.purge_tombstones(self.purge_watermark())
+                self.note_covered()
             except Exception:  # a bug must not stop purging for good
                 self._bug("tombstone purge")
 
     def purge_watermark(self) -> int:
         return self.replicator.purge_watermark(self.member_names())
+
+    def note_covered(self) -> None:
+        """Move `covered` up to the least stable point every live peer has published to us
+        (unchanged while one has not, or alone), and keep it with the data."""
+        published = self.replicator.peer_stable
+        peers = [m.name for m in self.gossip.alive_peers() if m.name != self.name]
+        if not peers or any(p not in published for p in peers):
+            return
+        covered = min(published[p] for p in peers)
+        if covered > self.covered:
+            self.covered = covered
+            if self._on_covered is not None:
+                self._on_covered(covered)
 
     async def antientropy_loop(self) -> None:
         """Every interval, compare digests with one random live peer and repair differences."""
@@ -414,6 +479,7 @@ class Lifecycle:
                 continue  # the snapshot being streamed brings everything; repair comes after
             try:
                 await self.repair_once()
+                self.note_covered()
             except Exception:  # a bug must not stop anti-entropy for good
                 self._bug("anti-entropy round")
 

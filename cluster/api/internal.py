@@ -5,12 +5,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 
 from cluster.errors import BodyTooLarge
 from cluster.net import auth
 from cluster.net.gossip import PUSH_PULL_ROUTE
 from cluster.net.peer_service import PeerRequest, PeerService
+from cluster.replication.wire import REPLICATE_PATH
 
 # Peers' bodies are not bound by the client body limit: an anti-entropy exchange carries the whole
 # difference between two replicas. Still capped, because it is read before it is authenticated.
@@ -32,8 +35,12 @@ async def read_capped(request: web.Request, limit: int) -> bytes:
 class InternalApi:
     """Hands every /internal/ request to the peer service; errors go through the middleware."""
 
-    def __init__(self, service: PeerService) -> None:
+    def __init__(
+        self, service: PeerService, durable: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         self.service = service
+        # With --data-dir: a peer's batch is acknowledged only once it is on our disk.
+        self.durable = durable
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -53,5 +60,7 @@ class InternalApi:
                 request.headers.get(auth.TIME_HEADER),
             )
         )
+        if self.durable is not None and request.path == REPLICATE_PATH:
+            await self.durable()
         kind = "application/octet-stream" if request.path == PUSH_PULL_ROUTE else "application/json"
         return web.Response(body=reply, content_type=kind)

@@ -85,6 +85,11 @@ class HybridClock:
                 f"remote timestamp is {ahead_ms} ms ahead (max offset {self._max_offset_ms} ms)"
             )
 
+    def restored(self, ts: int) -> None:
+        """This node issued or held `ts` before it restarted (its disk copy): never go below it.
+        Its own history, so no skew check."""
+        self._last = max(self._last, ts)
+
     def observe(self, remote: int) -> int:
         """Fold a remote timestamp in (on receiving a replicated write); returns the new clock."""
         self.check(remote)

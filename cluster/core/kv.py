@@ -8,7 +8,7 @@ produced; the IO layer hands that batch to replication (and, in sync mode, waits
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -59,6 +59,9 @@ class KV:
         self.clock = clock
         self.node = node
         self.limits = limits
+        # Raises when writes cannot be kept (the disk copy refuses them): called before a write
+        # changes anything. None: always writable (no --data-dir).
+        self.writable: Callable[[], None] | None = None
 
     # --- validation (raises BadRequest with the contract's code) --------------------------------
 
@@ -128,6 +131,8 @@ class KV:
 
     def set(self, key: str, value: str, ttl: float | None = None) -> Batch:
         """Store a validated pair (callers check key and value first)."""
+        if self.writable is not None:
+            self.writable()
         ts = self.hlc.now()
         expires = self.clock.wall() + ttl if ttl is not None else None
         self.store.apply(key, value, ts, self.node, expires)
@@ -150,6 +155,8 @@ class KV:
 
         Within one timestamp a later op on the same key must win: only the last is kept.
         """
+        if self.writable is not None:
+            self.writable()
         ts = self.hlc.now()
         node = self.node
         muts = [
@@ -173,11 +180,15 @@ class KV:
         """Tombstone a live key; None (nothing written) if it is missing."""
         if self.get(key) is None:
             return None
+        if self.writable is not None:
+            self.writable()
         ts = self.hlc.now()
         self.store.apply(key, None, ts, self.node)
         return Batch(ts, self.node, (Mutation(key, None, ts, self.node),))
 
     def clear(self) -> Batch:
+        if self.writable is not None:
+            self.writable()
         ts = self.hlc.now()
         self.store.apply_clear(ts, self.node)
         return Batch(ts, self.node, clear=True)

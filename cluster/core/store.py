@@ -30,12 +30,13 @@ Invariants
 from __future__ import annotations
 
 import functools
+import gc
 import heapq
 import sys
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from sortedcontainers import SortedList
 
@@ -117,6 +118,20 @@ class Mutation(NamedTuple):
     expires: float | None = None
 
 
+class ChangeSink(Protocol):
+    """Where every change that wins in the store is also sent (a node's disk copy,
+    `cluster.storage`): called in the same step as the change, in the order they happen."""
+
+    def put(self, key: str, value: str | None, ts: int, node: str, expires: float | None) -> None:
+        """An entry (a value, or a tombstone when `value` is None) won."""
+
+    def clear(self, ts: int, node: str) -> None:
+        """The range tombstone moved to (ts, node): every entry at or below it is gone."""
+
+    def dropped(self, keys: list[str], purged_below: int, purged_max: int) -> None:
+        """Entries were forgotten (purged tombstones, or dropped to resync); the purge marks."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoreStats:
     keys: int  # stored keys that are not tombstones (expired ones count until reclaimed)
@@ -141,7 +156,18 @@ class Store:
         # already everywhere (or superseded); one arriving now is a duplicate or a replay.
         self._purged_below = 0
         self.refused_stale = 0  # writes refused for being older than purged tombstones
+        # The newest timestamp of a tombstone purged here: a replica that has not seen every
+        # write up to it may hold a key deleted by it (see Lifecycle.sync).
+        self.purged_max = 0
         self._digests: list[int] = [0] * DIGEST_BUCKETS
+        self.sink: ChangeSink | None = None
+        self.restored_max_ts = 0  # the newest timestamp `restore` brought back
+
+    def reset(self) -> None:
+        """Back to empty, as new (a damaged disk copy half restored); the sink stays."""
+        sink = self.sink
+        self.__init__()  # type: ignore[misc]
+        self.sink = sink
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -299,6 +325,8 @@ class Store:
         data[key] = Entry(value, ts, sys.intern(node), expires)
         if expires is not None:
             heapq.heappush(self._expiry_heap, (expires, key))
+        if self.sink is not None:
+            self.sink.put(key, value, ts, node, expires)
         return True
 
     def apply_many(self, mutations: Iterable[Mutation]) -> int:
@@ -314,6 +342,8 @@ class Store:
         if version <= self._clear:
             return False
         self._clear = (ts, sys.intern(node))
+        if self.sink is not None:
+            self.sink.clear(ts, node)
         survivors = {k: e for k, e in self.stored_items() if (e.ts, e.node) > version}
         self._digests = [0] * DIGEST_BUCKETS
         self._buckets = [{} for _ in range(DIGEST_BUCKETS)]
@@ -357,18 +387,91 @@ class Store:
     def purge_tombstones(self, watermark: int, budget: int = 10_000) -> int:
         """Forget up to `budget` tombstones older than `watermark` (a timestamp every member has
         passed). After that no member can still send an older write for those keys."""
-        purged = 0
         self._purged_below = max(self._purged_below, watermark)
-        for key in list(self._tombstones):
-            if purged >= budget:
+        doomed: list[str] = []
+        for key in self._tombstones:
+            if len(doomed) >= budget:
                 break
-            bucket = bucket_of(key)
-            entry = self._buckets[bucket][key]
+            entry = self._buckets[bucket_of(key)][key]
             if entry.ts < watermark:
-                self._digests[bucket] ^= version_hash(key, entry.ts, entry.node)
-                del self._buckets[bucket][key]
-                self._count -= 1
-                self._keys.remove(key)
-                self._tombstones.discard(key)
-                purged += 1
-        return purged
+                doomed.append(key)
+                self.purged_max = max(self.purged_max, entry.ts)
+        self._forget(doomed)
+        return len(doomed)
+
+    def drop_up_to(self, ts: int) -> int:
+        """Forget every entry (values and tombstones) stamped at or before `ts`.
+
+        For a replica that may hold keys whose deletes it never saw, the deletes' tombstones
+        purged since (see Lifecycle.sync): it keeps only what is newer, and streams the rest
+        from a peer again.
+        """
+        doomed = [k for k, e in self.stored_items() if e.ts <= ts]
+        self._forget(doomed)
+        return len(doomed)
+
+    def _forget(self, keys: list[str]) -> None:
+        for key in keys:
+            bucket = bucket_of(key)
+            entry = self._buckets[bucket].pop(key)
+            self._digests[bucket] ^= version_hash(key, entry.ts, entry.node)
+            self._count -= 1
+            self._keys.remove(key)
+            self._tombstones.discard(key)
+        if self.sink is not None and (keys or self._purged_below):
+            self.sink.dropped(keys, self._purged_below, self.purged_max)
+
+    # --- restoring a copy -------------------------------------------------------------------
+
+    @property
+    def purged_below(self) -> int:
+        return self._purged_below
+
+    def restore(
+        self,
+        entries: Iterable[Mutation],
+        clear: Version = ZERO,
+        purged_below: int = 0,
+        purged_max: int = 0,
+    ) -> int:
+        """Fill an empty store from a copy of one (a node's disk), in one pass.
+
+        The copy holds one entry per key at most, all above `clear`, so nothing is merged: the
+        indexes are built once at the end (a sorted list of all keys at once is far cheaper
+        than a million inserts, and linear when the copy comes in key order). The sink is not
+        told: the copy came from it.
+        """
+        if self._count or self._clear != ZERO:
+            raise ValueError("restore needs an empty store")
+        buckets, digests = self._buckets, self._digests
+        tombstones, heap = self._tombstones, self._expiry_heap
+        intern = sys.intern
+        keys: list[str] = []
+        # A million new objects would run the cyclic collector dozens of times for nothing:
+        # entries hold no cycles.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            for key, value, ts, node, expires in entries:
+                key_crc = zlib.crc32(key.encode("utf-8", "surrogatepass"))
+                b = key_crc & (DIGEST_BUCKETS - 1)
+                node = intern(node)
+                buckets[b][key] = Entry(value, ts, node, expires)
+                digests[b] ^= _version_hash(key_crc, ts, node)
+                if value is None:
+                    tombstones.add(key)
+                elif expires is not None:
+                    heap.append((expires, key))
+                keys.append(key)
+                if ts > self.restored_max_ts:
+                    self.restored_max_ts = ts
+        finally:
+            if collecting:
+                gc.enable()
+        heapq.heapify(heap)
+        self._keys = SortedList(keys)  # a linear pass when the copy comes in key order
+        self._count = len(keys)
+        self._clear = (clear[0], intern(clear[1]))
+        self._purged_below = purged_below
+        self.purged_max = purged_max
+        return len(keys)

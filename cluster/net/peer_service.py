@@ -61,6 +61,7 @@ class PeerService:
         gossip: Gossip,
         ready: Callable[[], bool],
         status: Callable[[], bytes] = lambda: b"{}",
+        writable: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self.key = cluster_key
@@ -71,6 +72,9 @@ class PeerService:
         self.gossip = gossip
         self.ready = ready
         self.status = status  # this node's figures for a peer's /cluster/status
+        # Raises StorageUnavailable while the disk copy refuses writes: a peer's batch is then
+        # refused (503) before it changes anything, and the peer keeps it queued.
+        self.writable = writable
         self.rejected_unauthenticated = 0
         self.rejected_malformed = 0
         self._refusals = auth.RefusalLog()
@@ -137,6 +141,8 @@ class PeerService:
         return BadRequest(str(exc), "INVALID_BODY")
 
     def _replicate(self, body: bytes) -> bytes:
+        if self.writable is not None:
+            self.writable()
         try:
             applied, refused = self.replicator.receive(body)
         except DecodeError as exc:
@@ -166,4 +172,7 @@ class PeerService:
             raise BadRequest(f"bad snapshot parameters: {exc}", "INVALID_PARAMETER") from None
         if not 1 <= limit <= MAX_SNAPSHOT_PAGE:
             raise BadRequest(f"limit must be 1..{MAX_SNAPSHOT_PAGE}", "INVALID_PARAMETER")
-        return antientropy.snapshot_reply(self.store, after, limit)
+        since = query.get("since", "0")
+        if not since.isdigit():
+            raise BadRequest("since must be a timestamp", "INVALID_PARAMETER")
+        return antientropy.snapshot_reply(self.store, after, limit, int(since))

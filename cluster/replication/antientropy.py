@@ -126,7 +126,14 @@ def diff_buckets(mine: list[int], theirs: object) -> list[int]:
 def digests_reply(store: Store, stable: int = 0) -> bytes:
     """Answer to GET /internal/ae/digests (with our stable timestamp, for tombstone purging)."""
     ts, node = store.clear_version
-    return orjson.dumps({"clear": [ts, node], "digests": store.digests(), "stable": stable})
+    return orjson.dumps(
+        {
+            "clear": [ts, node],
+            "digests": store.digests(),
+            "stable": stable,
+            "purged_max": store.purged_max,
+        }
+    )
 
 
 def exchange_reply(store: Store, hlc: HybridClock, body: bytes) -> bytes:
@@ -166,9 +173,13 @@ def exchange_reply(store: Store, hlc: HybridClock, body: bytes) -> bytes:
 # --- snapshots ----------------------------------------------------------------------------------
 
 
-def snapshot_reply(store: Store, after: str | None, limit: int) -> bytes:
-    """One page of GET /internal/snapshot: entries after the cursor, in key order."""
+def snapshot_reply(store: Store, after: str | None, limit: int, since: int = 0) -> bytes:
+    """One page of GET /internal/snapshot: entries after the cursor, in key order; with `since`,
+    only those stamped after it (a restarted node catching up: `limit` keys are examined, so a
+    page may hold few entries, or none, and still have a next one)."""
     entries, nxt = store.mutations(after, limit)
+    if since:
+        entries = [m for m in entries if m.ts > since]
     ts, node = store.clear_version
     return orjson.dumps(
         {

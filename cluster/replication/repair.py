@@ -89,6 +89,16 @@ async def repair_with(
     return RepairResult(len(differing), len(mine), len(theirs), applied, complete, peer_stable)
 
 
+async def peer_purged_max(client: PeerTransport, address: str, within: float = 10.0) -> int:
+    """The newest tombstone the peer has purged (0: none): a replica that does not hold every
+    write up to it may hold keys the purged tombstones deleted."""
+    raw = loads(await client.request("GET", address, DIGESTS_PATH, within=within))
+    value = raw.get("purged_max", 0) if isinstance(raw, dict) else None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise DecodeError("digests reply without a valid purged_max")
+    return value
+
+
 async def pull_snapshot(
     store: Store,
     hlc: HybridClock,
@@ -96,6 +106,7 @@ async def pull_snapshot(
     address: str,
     page: int = 10_000,
     within: float = 10.0,
+    since: int = 0,
 ) -> int:
     """Stream a peer's whole data set into the store, page by page; returns entries received.
 
@@ -103,10 +114,13 @@ async def pull_snapshot(
     we apply: the two processes work in parallel. A page that takes longer than `within` (a
     peer behind a partition, or stopped) fails the pull, and the caller tries another peer:
     a page of 10,000 entries takes a fraction of a second, so 10 s only ever waits on the dead.
+    With `since`, only entries stamped after it come (a restarted node catching up).
     """
 
     async def fetch(cursor: str | None) -> dict[str, Any]:
         path = f"{SNAPSHOT_PATH}?limit={page}" + (f"&after={cursor}" if cursor else "")
+        if since:
+            path += f"&since={since}"
         reply = loads(await client.request("GET", address, path, within=within))
         if not isinstance(reply, dict):
             raise DecodeError("snapshot page must be an object")
