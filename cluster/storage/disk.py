@@ -21,9 +21,9 @@ Damage is reported, never hidden:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import re
 import sqlite3
 import struct
 import time
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.core.store import Mutation, Store
+from cluster.storage.pages import first_bad_page
 
 logger = logging.getLogger(__name__)
 
@@ -114,22 +115,17 @@ def _rows(conn: sqlite3.Connection) -> Iterator[Mutation]:
         yield Mutation(k, v, ts, node, expires)
 
 
-def _damage(conn: sqlite3.Connection, path: Path, exc: Exception) -> DamagedData:
-    """Name the first bad page and its byte offset, from SQLite's own check."""
-    try:
-        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-        problems = [str(r[0]) for r in conn.execute("PRAGMA quick_check(5)").fetchall()]
-    except sqlite3.DatabaseError as again:
-        problems, page_size = [str(again)], 0
-    pages = [int(m) for p in problems for m in re.findall(r"[Pp]age (\d+)", p)]
-    where = (
-        f"at byte offset {(min(pages) - 1) * page_size} (page {min(pages)})"
-        if pages and page_size
-        else "(SQLite could not say where)"
-    )
+def _damage(path: Path, exc: Exception) -> DamagedData:
+    """Name the first bad page and its byte offset (SQLite's own check does not always)."""
+    where = "(no damaged b-tree page found: an overflow page, or the log)"
+    with contextlib.suppress(OSError):
+        bad = first_bad_page(path)
+        if bad is not None:
+            page, offset, what = bad
+            where = f"at byte offset {offset} (page {page}: {what})"
     return DamagedData(
-        f"{path} is damaged {where}: {exc}; {'; '.join(problems[:3])}. Start the node with "
-        "--repair-data to move the damaged files aside and fill the replica again from peers"
+        f"{path} is damaged {where}: {exc}. Start the node with --repair-data to move the "
+        "damaged files aside and fill the replica again from its peers"
     )
 
 
@@ -149,7 +145,7 @@ def load(directory: Path, fsync: str, store: Store, repair: bool = False) -> sql
         count = store.restore(_rows(conn), marks.clear, marks.purged_below, marks.purged_max)
         busy, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     except sqlite3.DatabaseError as exc:
-        damaged = _damage(conn, path, exc) if conn is not None else DamagedData(f"{path}: {exc}")
+        damaged = _damage(path, exc)
         if conn is not None:
             conn.close()
         if not repair:
