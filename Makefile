@@ -66,8 +66,13 @@ install-system:
 # Start the product in the foreground: N nodes (N=5 make run) behind nginx, HTTP on :8080, the
 # line protocol on :9888 and RESP on :6379 (RESP_PORT=6380 make run when a redis-server holds
 # 6379); each node's log lines are prefixed by its name; Ctrl-C stops everything.
+# PERSIST=1 make run: each node keeps its replica on disk in run/data/<node> (--data-dir, with
+# --fsync $(FSYNC)), kept across make stop and restarts; remove run/data to start empty.
+PERSIST ?=
+FSYNC ?= everysec
 run: install
-	$(BIN)/python -m loadtest.mesh --nodes $(N) --resp-port $(RESP_PORT)
+	$(BIN)/python -m loadtest.mesh --nodes $(N) --resp-port $(RESP_PORT) \
+	  $(if $(filter 1 yes true on,$(PERSIST)),--persist --node-arg=--fsync=$(FSYNC))
 
 # Stop a `make run` left in the background (by the PID files in run/, nothing else).
 stop: $(STAMP)

@@ -18,20 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
 
 from cluster.config import Config
-from cluster.core.addresses import format_hostport, parse_hostport
+from cluster.core.addresses import parse_hostport
 from cluster.core.backoff import backoff
 from cluster.core.clock import Clock
 from cluster.core.hlc import HybridClock
 from cluster.core.ports import PeerError, PeerTransport
 from cluster.core.store import Store
 from cluster.errors import (
-    AddressError,
     ClockSkewError,
     DecodeError,
     NoSeedReachable,
@@ -40,18 +38,11 @@ from cluster.errors import (
 from cluster.membership.swim import ALIVE, DEAD, LEFT, SUSPECT, Member, MemberEvent
 from cluster.membership.timeline import Timeline
 from cluster.net.gossip import Gossip
-from cluster.replication.repair import RepairResult, peer_purged_max, pull_snapshot, repair_with
+from cluster.replication.repair import RepairResult, catch_up, pull_snapshot, repair_with
 from cluster.replication.sender import Replicator
+from cluster.seeds import OwnAddress, Resolve, resolve_ips, seed_addresses
 
 logger = logging.getLogger(__name__)
-
-Resolve = Callable[[str, int], Awaitable[set[str]]]
-
-
-async def resolve_ips(host: str, port: int) -> set[str]:
-    """The addresses a host name resolves to (the system resolver)."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port)
-    return {str(info[4][0]) for info in infos}
 
 
 class Lifecycle:
@@ -97,6 +88,7 @@ class Lifecycle:
         # the peers published to us): what a rejoining replica can trust of its own copy.
         self.covered = covered
         self._on_covered = on_covered
+        self.last_sync: dict[str, object] | None = None  # how the last join synced, for /status
         self.timeline = Timeline()
         self.http_port = config.port
         self._join_task: asyncio.Task[None] | None = None
@@ -134,6 +126,7 @@ class Lifecycle:
             "repairs": self.repairs,
             "repair_failures": self.repair_failures,
             "last_repair": self.last_repair,
+            "last_sync": self.last_sync,
             # How far the hybrid clock runs ahead of this machine's wall clock: it is pushed
             # ahead by peers whose clocks are ahead; 0 when every clock agrees.
             "hlc_ahead_ms": max(0, (self.hlc.last >> 16) - wall_ms),
@@ -255,50 +248,13 @@ class Lifecycle:
         await self.sync()
 
     async def seed_addresses(self, seeds: Sequence[str]) -> list[str]:
-        """The addresses to contact for `seeds`, this node's own left out.
-
-        A name is resolved to every address it has, each tried: a Kubernetes headless service or
-        a Docker service name lists every member, this node among them, and the system resolver
-        would hand gossip just one of them, perhaps our own. A name that does not resolve (yet: a
-        pod not scheduled) is kept as given, and the next attempt resolves it again.
-        """
-        out: list[str] = []
-        for seed in seeds:
-            try:
-                host, port = parse_hostport(seed)
-            except AddressError:
-                out.append(seed)  # gossip reports it
-                continue
-            if port == self.http_port and host in self._own_hosts():
-                continue
-            try:
-                ipaddress.ip_address(host)
-            except ValueError:
-                try:
-                    ips = await self._resolve(host, port)
-                except OSError:
-                    out.append(seed)
-                    continue
-                out += [
-                    format_hostport(ip, port) for ip in sorted(ips) if not self._is_own(ip, port)
-                ]
-                continue
-            if not self._is_own(host, port):
-                out.append(seed)
-        return list(dict.fromkeys(out))
-
-    def _own_hosts(self) -> set[str]:
-        return {self.config.host, parse_hostport(self.config.advertise, allow_zero=True)[0]}
-
-    def _is_own(self, ip: str, port: int) -> bool:
-        """Is ip:port this very node (same port, one of our addresses)?"""
-        if port != self.http_port:
-            return False
-        if ip in self._own_hosts():
-            return True
-        # Bound to loopback or to every address: a loopback alias (localhost) is us too.
-        loopback = ip.startswith("127.") or ip == "::1"
-        return loopback and self.config.host in ("127.0.0.1", "localhost", "0.0.0.0", "::")
+        """The addresses to contact for `seeds`, this node's own left out (see cluster.seeds)."""
+        own = OwnAddress(
+            self.config.host,
+            parse_hostport(self.config.advertise, allow_zero=True)[0],
+            self.http_port,
+        )
+        return await seed_addresses(seeds, own, self._resolve)
 
     async def sync(self) -> None:
         """Stream a snapshot from a live peer that serves, then serve clients.
@@ -323,6 +279,7 @@ class Lifecycle:
                         got = await self._catch_up(peer.name, peer.address)
                     else:
                         got = await pull_snapshot(self.store, self.hlc, self.peers, peer.address)
+                        self.last_sync = {"peer": peer.name, "full": True, "received": got}
                 except PeerError as exc:
                     joining += exc.status == 503
                     logger.info("node=%s peer=%s no snapshot: %s", self.name, peer.name, exc)
@@ -361,43 +318,20 @@ class Lifecycle:
         return len(self.store) > 0 or self.store.stats().tombstones > 0
 
     async def _catch_up(self, name: str, address: str) -> int:
-        """A replica that already holds data (its disk copy, or what it kept after a leave)
-        fetches only what is newer than what it is known to hold, then repairs the rest by
-        anti-entropy; entries received.
-
-        Unless the peer purged a tombstone newer than `covered`: this replica may then hold a
-        key that tombstone deleted, and nothing left in the mesh would delete it again. It drops
-        every entry that old and streams the whole data set instead: never a resurrection.
-        """
-        purged = await peer_purged_max(self.peers, address)
-        if purged > self.covered:
-            dropped = self.store.drop_up_to(purged)
-            logger.warning(
-                "node=%s peer=%s purged tombstones up to %d, beyond what this replica is known "
-                "to hold (%d): dropped %d entries that old, streaming the whole data set",
-                self.name,
-                name,
-                purged,
-                self.covered,
-                dropped,
-            )
-            return await pull_snapshot(self.store, self.hlc, self.peers, address)
-        got = await pull_snapshot(self.store, self.hlc, self.peers, address, since=self.covered)
-        result = await repair_with(
-            self.store, self.hlc, self.peers, address, me=self.name, stable=self.replicator.stable()
-        )
-        logger.info(
-            "node=%s peer=%s caught up: %d entries newer than %d, then anti-entropy exchanged "
-            "%d buckets (sent %d, got %d)",
-            self.name,
-            name,
-            got,
+        """A replica that holds data already: what it missed, not everything (see catch_up)."""
+        result = await catch_up(
+            self.store,
+            self.hlc,
+            self.peers,
+            address,
             self.covered,
-            result.differing,
-            result.sent,
-            result.received,
+            self.name,
+            self.replicator.stable(),
         )
-        return got + result.received
+        self.last_sync = {"peer": name, **result.as_dict()}
+        log = logger.warning if result.full else logger.info
+        log("node=%s peer=%s %s", self.name, name, result.describe(self.covered))
+        return result.received
 
     async def _serving(self) -> None:
         """Synced (or a mesh of one): serve clients.

@@ -123,15 +123,21 @@ def _pairs(n: int, start: int = 0) -> list[tuple[str, str]]:
     return [(f"key:{i:012d}", f"value:{i:012d}".ljust(100, "v")) for i in range(start, start + n)]
 
 
-def fill_redis(port: int, n: int) -> None:
+def fill_redis(port: int, n: int, per_command: int = 1) -> None:
+    """N keys over RESP (redis-server or a node's --resp-port), 10,000 keys a round trip: one
+    SET each, or MSETs of `per_command` keys (a node applies an MSET as one write)."""
     with socket.create_connection(("127.0.0.1", port)) as s:
         for start in range(0, n, 10_000):
             buf = []
             pairs = _pairs(min(10_000, n - start), start)
-            for k, v in pairs:
-                buf.append(f"*3\r\n$3\r\nSET\r\n${len(k)}\r\n{k}\r\n${len(v)}\r\n{v}\r\n")
+            commands = range(0, len(pairs), per_command)
+            for i in commands:
+                chunk = pairs[i : i + per_command]
+                name = "SET" if per_command == 1 else "MSET"
+                buf.append(f"*{1 + 2 * len(chunk)}\r\n${len(name)}\r\n{name}\r\n")
+                buf.extend(f"${len(k)}\r\n{k}\r\n${len(v)}\r\n{v}\r\n" for k, v in chunk)
             s.sendall("".join(buf).encode())
-            need, got = len(pairs) * 5, 0  # "+OK\r\n" each
+            need, got = len(commands) * 5, 0  # "+OK\r\n" each
             while got < need:
                 got += len(s.recv(1 << 16))
 
@@ -512,15 +518,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
-    parser.add_argument("--keys", type=int, default=1_000_000, help="keys for the memory test")
+    parser.add_argument(
+        "--keys",
+        type=int,
+        default=int(os.environ.get("KEYS", 1_000_000)),
+        help="keys for the memory and durability tests (default: $KEYS, else 1,000,000)",
+    )
     parser.add_argument(
         "--only",
-        default="http,memory,line,boundary,mesh,resp",
-        help="comma-separated sections: http, memory, line, boundary, mesh, resp, soak",
+        default="http,memory,line,boundary,mesh,resp,durability",
+        help="comma-separated sections: http, memory, line, boundary, mesh, resp, durability, soak",
     )
     parser.add_argument("--join-keys", type=int, default=1_000_000, help="keys a joiner streams")
     parser.add_argument(
         "--resp-requests", type=int, default=200_000, help="redis-benchmark -n for the resp section"
+    )
+    parser.add_argument(
+        "--durability-requests",
+        type=int,
+        default=100_000,
+        help="redis-benchmark -n for the durability section",
     )
     parser.add_argument("--soak-seconds", type=float, default=600.0, help="length of the soak")
     parser.add_argument(
@@ -549,6 +566,13 @@ def main(argv: list[str] | None = None) -> int:
         from loadtest import bench_resp
 
         print("\n".join(bench_resp.bench_resp(args.resp_requests, args.rounds)), "\n", flush=True)
+    if "durability" in sections:
+        from loadtest import bench_durability  # imports this module: late, to avoid a cycle
+
+        lines = bench_durability.bench_durability(
+            args.duration, args.rounds, args.durability_requests, args.keys
+        )
+        print("\n".join(lines), "\n", flush=True)
     if "mesh" in sections:
         from loadtest import bench_mesh  # imports this module: late, to avoid a cycle
 

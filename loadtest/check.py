@@ -1,6 +1,7 @@
 """`make verify`: the consistency checker, the testing service the task asks for.
 
     python -m loadtest.check [--nodes 3] [--duration 20s] [--writers 8] [--kill-restart | --pause]
+    python -m loadtest.check --power-cut [--node-arg=--fsync=always]   # every node at once, on disk
     python -m loadtest.check --url http://127.0.0.1:8080     # a mesh that is already running
 
 It drives concurrent writers through the balancer (sets by PUT /keys/{k} and /set?k=&v=, deletes
@@ -8,7 +9,10 @@ by DELETE /keys/{k} and /rm?k=, batch PUT /keys), every value unique so that an 
 names the write that produced it, and records each answer: the status, X-Timestamp (the write's
 HLC timestamp) and X-Upstream (the node nginx used, so writes order by (timestamp, node name)).
 With --kill-restart it kills one node with SIGKILL a third of the way in and restarts it (same
-name and ports) a moment later; with --pause it freezes one instead (SIGSTOP, then SIGCONT).
+name and ports) a moment later; with --pause it freezes one instead (SIGSTOP, then SIGCONT); with
+--power-cut it kills every node at once (SIGKILL, by PID) and restarts them all: the nodes then
+keep their replicas on disk (--data-dir DATA_ROOT/<node>), which is all that can bring the data
+back, since no node survives to give it.
 Writers also read their own private keys back through the balancer. When the writes stop it
 waits for convergence, reads every node directly (paged GET /keys) and checks:
 
@@ -58,6 +62,7 @@ from loadtest import oracle, procs
 ACKED, REJECTED, UNKNOWN = "acked", "rejected", "unknown"
 REQUEST_TIMEOUT = 15.0  # seconds: nginx's retries plus a sync write's replication timeout
 PAGE = 1000
+BACKOFF = 0.05  # seconds a writer waits after a request nothing answered (or a 5xx)
 
 
 # --- the history (what the clients saw) -----------------------------------------------------------
@@ -319,6 +324,8 @@ class Writer:
             op.error = repr(exc)
         op.ended = time.monotonic()
         self.run.ops.append(op)
+        if op.status is None or op.status >= 500:
+            await asyncio.sleep(BACKOFF)  # no node answers (a power cut): do not spin
 
     def _op(self, kind: str, changes: dict[str, str | None]) -> Op:
         return Op(next(self.run.ids), kind, changes)
@@ -448,11 +455,15 @@ async def discover(url: str) -> dict[str, str]:
 
 async def inject(target: Target, run: Run, fault: str, at: float, down: float, victim: str) -> None:
     """At `at` (monotonic), either SIGKILL `victim` and start it again `down` seconds later
-    ("kill"), or freeze it with SIGSTOP for `down` seconds and SIGCONT it ("pause"); then wait
-    until it answers /health with 200 again (joined and synced)."""
+    ("kill"), or freeze it with SIGSTOP for `down` seconds and SIGCONT it ("pause"), or SIGKILL
+    every node at once and start them all again `down` seconds later ("power-cut"); then wait
+    until it (each of them) answers /health with 200 again (joined and synced)."""
     mesh = target.mesh
     assert mesh is not None
     await asyncio.sleep(max(0.0, at - time.monotonic()))
+    if fault == "power-cut":
+        await power_cut(target, run, mesh, down)
+        return
     child = mesh.children[victim]
     assert child.proc is not None
     if fault == "kill":
@@ -481,6 +492,41 @@ async def inject(target: Target, run: Run, fault: str, at: float, down: float, v
                         return
             await asyncio.sleep(0.1)
     run.event(f"{victim} did not become ready within 30 s")
+
+
+async def power_cut(target: Target, run: Run, mesh: meshlib.Mesh, down: float) -> None:
+    """SIGKILL every node at once (by PID, one signal after the other, before waiting for any),
+    restart them all `down` seconds later, and wait until every one serves again."""
+    names = sorted(target.nodes)
+    procs_ = {n: mesh.children[n].proc for n in names}
+    for proc in procs_.values():
+        assert proc is not None
+        os.kill(proc.pid, signal.SIGKILL)
+    for name, proc in procs_.items():
+        assert proc is not None
+        proc.wait()
+        mesh.children[name].reported = True
+    pids = ", ".join(f"{n} {p.pid}" for n, p in procs_.items() if p is not None)
+    run.event(f"power cut: every node killed with SIGKILL at once (PIDs {pids})")
+    await asyncio.sleep(down)
+    for name in names:
+        mesh.respawn(name)
+    run.event(f"all {len(names)} nodes restarted from their data directories, joining")
+    started = time.monotonic()
+    pending = set(names)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        while pending and time.monotonic() - started < 60:
+            for name in sorted(pending):
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with session.get(target.nodes[name] + "/health") as resp:
+                        if resp.status == 200:
+                            pending.discard(name)
+            await asyncio.sleep(0.1)
+    if pending:
+        run.event(f"{', '.join(sorted(pending))} did not become ready within 60 s")
+    else:
+        took = time.monotonic() - started
+        run.event(f"every node is ready again ({took:.1f} s after the restart)")
 
 
 async def drive(
@@ -606,17 +652,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         const="pause",
         help="freeze a node (SIGSTOP) a third of the way in, for --down seconds",
     )
+    fault.add_argument(
+        "--power-cut",
+        dest="fault",
+        action="store_const",
+        const="power-cut",
+        help="SIGKILL every node at once a third of the way in, restart all --down seconds later"
+        " (the nodes keep their data on disk: see --data-root)",
+    )
     p.add_argument("--down", type=parse_seconds, default=2.0, help="how long it is down [2s]")
     p.add_argument("--converge-timeout", type=parse_seconds, default=60.0, help="[60s]")
     p.add_argument("--seed", type=int, default=1, help="seeds the writers and the victim [1]")
     p.add_argument("--node-arg", action="append", default=[], help="extra node.py argument")
+    p.add_argument(
+        "--data-root",
+        type=Path,
+        help="node N keeps its replica in DATA_ROOT/nodeN (--data-dir); with --power-cut the "
+        "default is a directory beside our mesh's logs",
+    )
     p.add_argument("--keep-logs", action="store_true", help="keep our mesh's logs on success")
     p.add_argument("--history", type=Path, help="write every operation to this file (JSON lines)")
     args = p.parse_args(argv)
     settings = Settings(args.duration, args.writers, args.keys, seed=args.seed)
     if args.url:
         if args.fault is not None:
-            p.error("--kill-restart and --pause need a mesh of our own (its PIDs): drop --url")
+            p.error(
+                "--kill-restart and --pause need a mesh of our own (its PIDs), and so does "
+                "--power-cut: drop --url"
+            )
         try:
             nodes = asyncio.run(discover(args.url.rstrip("/")))
         except (aiohttp.ClientError, TimeoutError, KeyError, ValueError) as exc:
@@ -628,7 +691,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("check: nginx is not installed (sudo make install-system)", file=sys.stderr)
         return 2
     run_dir = Path(tempfile.mkdtemp(prefix="kvcheck-"))
-    mesh = meshlib.Mesh(meshlib.free_plan(args.nodes, args.node_arg), run_dir, quiet=True)
+    data_root = args.data_root.resolve() if args.data_root is not None else None
+    if data_root is None and args.fault == "power-cut":
+        data_root = run_dir / "data"
+    plan = meshlib.free_plan(args.nodes, args.node_arg, data_root)
+    mesh = meshlib.Mesh(plan, run_dir, quiet=True)
     status = 2
     stop = False
 

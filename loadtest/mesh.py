@@ -1,6 +1,7 @@
 """`make run`: a local mesh of N nodes behind nginx, in the foreground, like `docker compose up`.
 
     python -m loadtest.mesh [--nodes 3] [--http-port 8080] [--tcp-port 9888]
+    python -m loadtest.mesh --persist              # PERSIST=1 make run: replicas in run/data/
     python -m loadtest.mesh --stop                 # make stop: a run left in the background
     python -m loadtest.mesh --reuse --quiet -- CMD  # run CMD against a mesh (make stress)
     python -m loadtest.mesh --render-docker-conf   # print nginx/docker.conf
@@ -17,6 +18,10 @@ which stops them in order; on Linux they also get SIGTERM if the runner itself i
 (`setpriv --pdeathsig`). PID files go to the run directory so that `--stop` (make stop) can stop a
 run left in the background, by PID, after checking each PID is still the process it recorded.
 Starting, waiting and stopping are `loadtest.supervise`'s.
+
+With `--persist` (PERSIST=1 make run) node NAME keeps its replica on disk in RUN_DIR/data/NAME
+(`--data-dir`; `--data-root DIR` puts them elsewhere): a mesh stopped and started again, or a node
+killed and restarted, comes back with its data. Nothing removes those directories but you.
 
 A port already taken is reported before anything starts, with the option that moves it, and the
 exit status is 2. A node that dies while the mesh runs is reported and the others keep serving
@@ -153,13 +158,18 @@ class Plan:
     nodes: tuple[NodeSpec, ...]
     node_args: tuple[str, ...] = ()
     resp_port: int = 6379
+    data_root: Path | None = None  # each node keeps its replica in data_root/<name> (--data-dir)
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.http_port}"
 
+    def data_dir(self, spec: NodeSpec) -> Path | None:
+        return None if self.data_root is None else self.data_root / spec.name
+
     def node_command(self, spec: NodeSpec) -> list[str]:
         seeds = [f"{self.host}:{n.port}" for n in self.nodes if n is not spec]
+        data_dir = self.data_dir(spec)
         return [
             sys.executable,
             str(procs.ROOT / "node.py"),
@@ -174,6 +184,7 @@ class Plan:
             "--resp-port",
             str(spec.resp_port),
             *(["--join", ",".join(seeds)] if seeds else []),
+            *(["--data-dir", str(data_dir)] if data_dir is not None else []),
             *self.node_args,
         ]
 
@@ -212,16 +223,18 @@ def make_plan(
     node_args: Sequence[str] = (),
     resp_port: int = 6379,
     node_resp_base: int = 16379,
+    data_root: Path | None = None,
 ) -> Plan:
     specs = tuple(
         NodeSpec(f"node{i}", node_port_base + i, node_tcp_base + i, node_resp_base + i)
         for i in range(1, nodes + 1)
     )
-    return Plan(host, http_port, tcp_port, specs, tuple(node_args), resp_port)
+    return Plan(host, http_port, tcp_port, specs, tuple(node_args), resp_port, data_root)
 
 
-def free_plan(nodes: int, node_args: Sequence[str] = ()) -> Plan:
-    """A plan on free loopback ports (tests, the checker): nothing fixed, nothing shared."""
+def free_plan(nodes: int, node_args: Sequence[str] = (), data_root: Path | None = None) -> Plan:
+    """A plan on free loopback ports (tests, the checker): nothing fixed, nothing shared.
+    With `data_root`, node i keeps its replica on disk in data_root/node<i>."""
     specs = tuple(
         NodeSpec(f"node{i}", procs.free_port(), procs.free_port(), procs.free_port())
         for i in range(1, nodes + 1)
@@ -233,6 +246,7 @@ def free_plan(nodes: int, node_args: Sequence[str] = ()) -> Plan:
         specs,
         tuple(node_args),
         procs.free_port(),
+        data_root,
     )
 
 
@@ -493,6 +507,7 @@ class Mesh:
         p = self.plan
         nodes = ", ".join(f"{n.name} {p.host}:{n.port}" for n in p.nodes)
         logs = f"  logs           {self.run_dir}/*.log\n" if self.quiet else ""
+        data = f"  data           {p.data_root}/<node> (kept on disk)\n" if p.data_root else ""
         return (
             f"\nkvmesh: {len(p.nodes)} node(s) behind nginx\n"
             f"  HTTP           {p.url}   (try: curl '{p.url}/set?k=hello&v=world')\n"
@@ -502,6 +517,7 @@ class Mesh:
             f"(try: redis-cli -p {p.resp_port} GET hello)\n"
             f"  nodes          {nodes}\n"
             f"  members        {p.url}/cluster/members\n"
+            f"{data}"
             f"{logs}"
             "  Ctrl-C (or make stop) stops everything.\n"
         )
@@ -531,6 +547,14 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--node-resp-base", type=int, default=16379, help="node i: RESP base+i")
     p.add_argument("--run-dir", type=Path, default=procs.ROOT / "run", help="PID files, logs")
     p.add_argument("--node-arg", action="append", default=[], help="extra node.py argument")
+    p.add_argument(
+        "--persist",
+        action="store_true",
+        help="keep each node's replica on disk in RUN_DIR/data/NAME (node.py --data-dir)",
+    )
+    p.add_argument(
+        "--data-root", type=Path, help="like --persist, in DATA_ROOT/NAME instead of RUN_DIR/data"
+    )
     p.add_argument("--restart", action="store_true", help="restart a node that exits")
     p.add_argument("--quiet", action="store_true", help="node logs to RUN_DIR/NAME.log")
     p.add_argument(
@@ -566,6 +590,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.node_arg,
         args.resp_port,
         args.node_resp_base,
+        data_root(args, run_dir),
     )
     stopping = threading.Event()
     received: list[int] = []
@@ -585,6 +610,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         mesh = Mesh(plan, run_dir, quiet=args.quiet, restart=args.restart, stopping=stopping)
         with supervise.pid_file(run_dir / "mesh.pid"):
             return _run_mesh(mesh, command, received)
+
+
+def data_root(args: argparse.Namespace, run_dir: Path) -> Path | None:
+    """Where the nodes keep their replicas: --data-root, RUN_DIR/data with --persist, or
+    nowhere (in memory only)."""
+    if args.data_root is not None:
+        root: Path = args.data_root.resolve()
+        return root
+    return run_dir / "data" if args.persist else None
 
 
 def _cannot_start(plan: Plan, run_dir: Path) -> str | None:

@@ -206,12 +206,13 @@ def static_nginx(port: int, body: str = '{"key":"k","value":"v"}') -> Nginx:
     return ng
 
 
-def start_redis(port: int) -> subprocess.Popen[bytes]:
+def start_redis(port: int, *args: str, timeout: float = 10.0) -> subprocess.Popen[bytes]:
+    """A redis-server without persistence, ready when it answers PING (not -LOADING); `args`
+    (e.g. "--appendonly", "yes", "--dir", DIR) are added after the defaults and override them."""
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    proc = supervise.spawn(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    )
-    supervise.wait_ready(proc, lambda: _redis_pong(port), "redis-server to answer PING", 10.0)
+    defaults = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = supervise.spawn([binary, *defaults, *args])
+    supervise.wait_ready(proc, lambda: _redis_pong(port), "redis-server to answer PING", timeout)
     return proc
 
 

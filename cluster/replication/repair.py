@@ -152,3 +152,56 @@ async def pull_snapshot(
         if pending is None:
             return received
         reply = await pending
+
+
+@dataclass(frozen=True, slots=True)
+class CatchUp:
+    """How a replica that held data already caught up with a peer."""
+
+    full: bool  # it could not trust its copy and streamed everything
+    received: int  # entries it received
+    dropped: int = 0  # entries it dropped first (full only)
+    purged: int = 0  # the peer's newest purged tombstone
+    repaired_buckets: int = 0  # buckets the anti-entropy round after it exchanged
+
+    def as_dict(self) -> dict[str, object]:
+        return {"full": self.full, "received": self.received, "dropped": self.dropped}
+
+    def describe(self, covered: int) -> str:
+        if self.full:
+            return (
+                f"purged tombstones up to {self.purged}, beyond what this replica is known to hold "
+                f"({covered}): dropped {self.dropped} entries that old, streamed the whole data "
+                f"set ({self.received} entries)"
+            )
+        return (
+            f"caught up: {self.received} entries newer than {covered} or in the "
+            f"{self.repaired_buckets} buckets anti-entropy found different"
+        )
+
+
+async def catch_up(
+    store: Store,
+    hlc: HybridClock,
+    client: PeerTransport,
+    address: str,
+    covered: int,
+    me: str,
+    stable: int,
+) -> CatchUp:
+    """A replica that holds data already (its disk copy, or what it kept after a leave) fetches
+    only the entries stamped after `covered` (every peer's writes up to it are known to be here),
+    then repairs anything else by one anti-entropy round.
+
+    Unless the peer purged a tombstone newer than `covered`: this replica may then hold a key that
+    tombstone deleted, and nothing left in the mesh would delete it again. It drops every entry
+    that old and streams the whole data set instead: never a resurrection.
+    """
+    purged = await peer_purged_max(client, address)
+    if purged > covered:
+        dropped = store.drop_up_to(purged)
+        got = await pull_snapshot(store, hlc, client, address)
+        return CatchUp(True, got, dropped, purged)
+    got = await pull_snapshot(store, hlc, client, address, since=covered)
+    result = await repair_with(store, hlc, client, address, me=me, stable=stable)
+    return CatchUp(False, got + result.received, 0, purged, result.differing)

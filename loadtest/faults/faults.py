@@ -11,6 +11,7 @@ survive. `heal` deletes the table everywhere. Each function returns quickly; the
     one_way(rig, src="n1", dst="n2")    n2 drops what n1 sends it; n1 still hears n2
     heal(rig)
     kill_9(rig, "n2"); restart(rig, "n2")        same name and address, empty memory, --join
+    power_cut(rig); restart_all(rig)             every node SIGKILLed at once; all started again
     pause(rig, "n2"); resume(rig, "n2")          SIGSTOP / SIGCONT
     netem(rig, "n2", loss=10, delay_ms=50)       NetemUnavailable where the kernel lacks netem
     restart(rig, "n3", clock_offset=0.4)         the node's wall clock runs 400 ms ahead
@@ -128,8 +129,27 @@ def kill_9(rig: Rig, name: str) -> None:
     node.paused = False
 
 
+def power_cut(rig: Rig) -> None:
+    """SIGKILL every node at once (by PID, one signal right after the other, before waiting for
+    any): the whole mesh loses power; only what each node kept on disk can come back."""
+    nodes = [n for n in rig.nodes.values() if n.running]
+    for node in nodes:
+        _signal(node, signal.SIGKILL)
+    for node in nodes:
+        assert node.proc is not None
+        node.proc.wait(10)
+        node.paused = False
+
+
+def restart_all(rig: Rig) -> None:
+    """Start every node again at once, each joining all the others (who are joining too)."""
+    for name in rig.names():
+        restart(rig, name)
+
+
 def restart(rig: Rig, name: str, clock_offset: float | None = None, *extra: str) -> NodeProc:
-    """Start the node again under its name and address with empty memory, joining the others.
+    """Start the node again under its name and address, joining the others: with empty memory,
+    or with what its data directory kept when the rig runs with `persist`.
 
     `clock_offset` (seconds) skews its wall clock through node.py's --clock-offset seam. Kills it
     first if it still runs.

@@ -11,7 +11,8 @@ different numbers and never touch each other's namespaces):
                             over every node; the clients of a scenario (a thread that setns()
                             into this namespace and runs an asyncio loop)
     namespace kvf-<R>-nI    eth0 10.213.R.I/24 (the other end of vnI), lo up; node.py bound to
-                            10.213.R.I: HTTP and gossip on 7000, line protocol on 7001
+                            10.213.R.I: HTTP and gossip on 7000, line protocol on 7001; with
+                            `persist`, its replica on disk in LOG_DIR/data/nI (emptied at start)
 
 Nothing is created in the root namespace, and 10.213.R.0/24 exists only inside these namespaces,
 so no packet of the rig can leave them. Faults are nft rules inside the node namespaces
@@ -255,6 +256,7 @@ class Rig:
     node_args: tuple[str, ...] = ()
     log_dir: Path | None = None
     balancer: bool = True
+    persist: bool = False  # each node keeps its replica in LOG_DIR/data/<name> (--data-dir)
     run: int = 0
     nodes: dict[str, NodeProc] = field(default_factory=dict)
     nginx: subprocess.Popen[bytes] | None = None
@@ -289,6 +291,12 @@ class Rig:
     def names(self) -> list[str]:
         return list(self.nodes)
 
+    @property
+    def data_root(self) -> Path:
+        """Where the nodes keep their replicas when `persist` (one directory per node)."""
+        assert self.log_dir is not None
+        return self.log_dir / "data"
+
     def node(self, name: str) -> NodeProc:
         return self.nodes[name]
 
@@ -315,6 +323,8 @@ class Rig:
         if self.log_dir is None:
             self.log_dir = Path(tempfile.mkdtemp(prefix=f"kvfaults-{self.run}-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.persist:
+            shutil.rmtree(self.data_root, ignore_errors=True)  # an earlier run's: start empty
         for i in range(1, self.nodes_count + 1):
             name = f"n{i}"
             self.nodes[name] = NodeProc(
@@ -456,6 +466,7 @@ class Rig:
             "--tcp-port",
             str(TCP_PORT),
             *(["--join", ",".join(join)] if join else []),
+            *(["--data-dir", str(self.data_root / name)] if self.persist else []),
             *self.node_args,
             *extra,
         ]

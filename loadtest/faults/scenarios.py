@@ -253,6 +253,8 @@ class Scenario:
     quick_nodes: int = 3
     clear_at: float | None = None
     ci: bool = False  # part of the short suite in `make test`
+    fsync: str | None = None  # every node keeps its replica on disk (--data-dir) with this policy
+    keys: int = 50  # distinct keys the load writes
 
 
 # --- the fault steps ------------------------------------------------------------------------------
@@ -351,6 +353,45 @@ async def restart_two(ctx: Ctx) -> None:
     ctx.result.checks["a restarted node serves only once synced"] = all(
         c >= preload for c in held.values()
     )
+
+
+POWER_OFF = 1.0  # seconds the whole mesh stays down
+
+
+async def power_cut(ctx: Ctx) -> None:
+    """Every node SIGKILLed at once under load (the machine loses power, as far as processes
+    can), all restarted a moment later. No node survives to give the data back: what returns is
+    what each node's disk copy kept (the rig runs them with --data-dir). Each restarted node finds
+    every peer joining too and serves its own copy after --join-timeout; anti-entropy then
+    reconciles them.
+
+    The load writes for `hold` seconds more than the warmup before the cut (the clear comes
+    before it), on many keys, so that most keys' last write precedes the cut and must come back
+    from disk; and for `hold` seconds once every node serves again, over the restored data."""
+    names = ctx.rig.names()
+    await asyncio.sleep(ctx.timing.hold)
+    await ctx.fault(faults.power_cut, faulted=names)
+    cut = ctx.fault_at or 0.0
+    before = [w for w in ctx.load.writes if w.acked and w.end <= cut]
+    await asyncio.sleep(POWER_OFF)
+    await ctx.heal(faults.restart_all)
+    took = {n: await ctx.wait_ready(n, limit=60.0) for n in names}
+    ready = time.monotonic()
+    restored = {}
+    for name in names:
+        counts = re.findall(r"restored (\d+) entries from ", ctx.rig.log_text(name))
+        restored[name] = int(counts[-1]) if len(counts) >= 2 else None
+    ctx.result.notes.append(
+        f"{len(before)} writes acknowledged before the cut; every node restarted "
+        f"{POWER_OFF:g} s later and was serving within {max(took.values()):.1f} s; restored from "
+        "disk: " + ", ".join(f"{n} {c} entries" for n, c in restored.items())
+    )
+    ctx.result.checks["every node restored its copy from disk"] = all(
+        c is not None and c > 0 for c in restored.values()
+    )
+    await asyncio.sleep(ctx.timing.hold)
+    after = [w for w in ctx.load.writes if w.acked and w.start >= ready]
+    ctx.result.notes.append(f"{len(after)} writes acknowledged once every node served again")
 
 
 async def pause_resume(ctx: Ctx) -> None:
@@ -469,6 +510,25 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("one-way", "one-way loss n2 <- n1", 3, one_way_loss),
         Scenario("kill-restart", "kill -9 and restart under load", 3, kill_restart, ci=True),
         Scenario("restart-two", "kill -9 two of three, restart both", 3, restart_two),
+        Scenario(
+            "power-cut",
+            "whole mesh power cut (kill -9 all, --fsync always)",
+            3,
+            power_cut,
+            ci=True,
+            clear_at=1.0,
+            fsync="always",
+            keys=500,
+        ),
+        Scenario(
+            "power-cut-everysec",
+            "whole mesh power cut (kill -9 all, --fsync everysec)",
+            3,
+            power_cut,
+            clear_at=1.0,
+            fsync="everysec",
+            keys=500,
+        ),
         Scenario("pause", "SIGSTOP past the suspicion timeout", 3, pause_resume, ci=True),
         Scenario("skew", "clocks skewed +-400 ms", 3, skew_within),
         Scenario("skew-beyond", "one clock 2 s ahead (max 0.5 s)", 3, skew_beyond, ci=True),
@@ -491,7 +551,16 @@ def run_scenario(
         log_dir.mkdir(parents=True, exist_ok=True)
         for old in log_dir.glob("n*.log"):
             old.unlink()
-    with Rig(nodes_count=count, node_args=timing.node_args, log_dir=log_dir) as rig:
+    node_args = timing.node_args
+    if scenario.fsync is not None:
+        node_args = (*node_args, "--fsync", scenario.fsync)
+    rig = Rig(
+        nodes_count=count,
+        node_args=node_args,
+        log_dir=log_dir,
+        persist=scenario.fsync is not None,
+    )
+    with rig:
         result.logs = str(rig.log_dir)
         if scenario.step is loss_delay:
             ok, why = faults.netem_available(rig)
@@ -520,6 +589,7 @@ async def _drive(rig: Rig, scenario: Scenario, timing: Timing, result: Result) -
             rate=timing.rate,
             timeout=timing.timeout,
             clear_at=scenario.clear_at,
+            keys=scenario.keys,
         )
         targets = [Target(n.name, n.url, n.tcp) for n in rig.nodes.values()]
         load = Load(session, cfg, balancer, targets)
