@@ -134,3 +134,59 @@ def test_the_dashboard_follows_a_node_killed_and_restarted(
 
     running_mesh.respawn("node3")
     watch(browser, lambda s: s == dict.fromkeys(["node1", "node2", "node3"], "alive"), 60)
+
+
+@pytest.fixture
+def guarded_mesh(tmp_path: Path) -> Iterator[meshlib.Mesh]:
+    """Three nodes with an admin token, behind nginx."""
+    m = meshlib.Mesh(meshlib.free_plan(3, ("--admin-token", "s3cret")), tmp_path, quiet=True)
+    try:
+        m.start_nodes()
+        m.wait_nodes()
+        m.start_nginx()
+        m.wait_nginx()
+        yield m
+    finally:
+        m.stop()
+
+
+def test_with_an_admin_token_the_page_removes_a_member_only_with_the_token(
+    guarded_mesh: meshlib.Mesh, browser: WebDriver
+) -> None:
+    node1 = guarded_mesh.plan.nodes[0]
+    browser.get(f"http://127.0.0.1:{node1.port}/ui")  # node1's own page: it may also leave
+    watch(browser, lambda s: s == dict.fromkeys(["node1", "node2", "node3"], "alive"), 15)
+    buttons = rows(browser, "#members tr[data-member] button", "title")
+    assert len(buttons) == 3  # remove node2, remove node3, and leave on node1's own row
+
+    def click_remove(name: str) -> None:
+        browser.execute_script(
+            "document.querySelector(`#members tr[data-member='${arguments[0]}'] button`).click()",
+            name,
+        )
+
+    # A wrong token: refused, nothing changes, and the page asks again next time.
+    click_remove("node3")
+    alert = browser.switch_to.alert
+    alert.send_keys("wrong")
+    alert.accept()
+    deadline = time.monotonic() + 10
+    while "admin token" not in browser.find_element(By.ID, "message").text:
+        assert time.monotonic() < deadline, browser.find_element(By.ID, "message").text
+        time.sleep(0.1)
+    assert states(browser)["node3"] == "alive"
+
+    click_remove("node3")
+    alert = browser.switch_to.alert
+    alert.send_keys("s3cret")
+    alert.accept()
+    watch(browser, lambda s: s.get("node3") == "left", 15)
+
+
+def test_without_an_admin_token_the_page_offers_no_admin_action(
+    running_mesh: meshlib.Mesh, browser: WebDriver
+) -> None:
+    browser.get(f"{running_mesh.plan.url}/ui")
+    watch(browser, lambda s: len(s) == 3, 15)
+    assert rows(browser, "#members button") == []
+    assert "read-only" in browser.find_element(By.ID, "admin").text
