@@ -14,8 +14,11 @@ COPY pyproject.toml requirements.lock node.py ./
 COPY cluster/ cluster/
 COPY loadtest/ loadtest/
 RUN pip install -c requirements.lock . \
-    && useradd --system --no-create-home --shell /usr/sbin/nologin kvmesh
+    && useradd --system --no-create-home --shell /usr/sbin/nologin kvmesh \
+    && mkdir /data && chown kvmesh:kvmesh /data
 
+# The nodes' data directories (docker-compose.yml mounts the volume `node-data` here; a new volume
+# takes this directory's owner, so the node can write it).
 USER kvmesh
 # HTTP and gossip (UDP on the same number), then the line protocol.
 EXPOSE 8080/tcp 8080/udp 9888/tcp 6379/tcp

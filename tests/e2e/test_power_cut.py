@@ -11,19 +11,30 @@ come back from disk.
 
 Line-protocol transactions and torn batches/transactions are judged by the fault suite's
 `power-cut` scenario (tests/e2e/test_faults.py, on network namespaces; docs/faults.md).
+
+The same cut on docker-compose.yml's layout: three replicas of the compose node command share
+one volume (a temporary directory here), each claims a directory of its own in it, and after all
+are killed and started again (recreated: new addresses) they claim them again and restore them.
 """
 
 from __future__ import annotations
 
+import http.client
+import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from loadtest import procs
+from tests.e2e import test_compose as compose
 
 pytestmark = [
     pytest.mark.e2e,
@@ -87,3 +98,71 @@ def test_every_node_killed_at_once_and_restarted_loses_no_acknowledged_write(
     finally:
         if logs is not None:
             shutil.rmtree(logs.group(1), ignore_errors=True)
+
+
+# --- the same on docker-compose's layout ----------------------------------------------------------
+
+# The compose file's node command, run here as tests/e2e/test_compose.py runs it (its fixtures:
+# the validated config, replicas behind a fake Docker DNS), with the volume a temporary directory.
+config = compose.config
+start_nodes = compose.start_nodes
+
+
+def _get(node: compose.ComposeNode, path: str) -> tuple[int, bytes]:
+    with closing(http.client.HTTPConnection("127.0.0.1", node.port, timeout=10)) as c:
+        c.request("GET", path)
+        resp = c.getresponse()
+        return resp.status, resp.read()
+
+
+def _send(node: compose.ComposeNode, method: str, path: str, body: object = None) -> str:
+    with closing(http.client.HTTPConnection("127.0.0.1", node.port, timeout=10)) as c:
+        c.request(method, path, body=None if body is None else json.dumps(body).encode())
+        resp = c.getresponse()
+        resp.read()
+        assert resp.status == 200, (method, path, resp.status)
+        return resp.headers["X-Replicas"] or ""
+
+
+def _claimed(node: compose.ComposeNode, root: Path) -> str:
+    found = re.findall(
+        rf"keeps its data in {re.escape(str(root))}/(node-\d+) ", node.log.read_text()
+    )
+    assert found, node.log.read_text()
+    return found[-1]
+
+
+@compose.need_compose
+@pytest.mark.timeout(55)
+def test_compose_replicas_keep_their_data_in_the_volume_across_a_power_cut(
+    config: dict[str, Any], start_nodes: compose.StartNodes, tmp_path: Path
+) -> None:
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    env = {"KV_DATA_ROOT": str(volume), "KV_DISCOVER_WAIT": "1", "KV_JOIN_TIMEOUT": "2"}
+    assert config["services"]["node"]["environment"]["KV_DATA_ROOT"] == "/data"
+    assert config["services"]["node"]["environment"]["KV_FSYNC"] == "everysec"
+    nodes = start_nodes(config, 3, **env)
+    compose.wait_healthy(nodes)
+    # Each replica claimed a directory of its own in the shared volume.
+    assert sorted(_claimed(n, volume) for n in nodes) == ["node-1", "node-2", "node-3"]
+    values = {f"pc{i:03d}": f"v{i}" for i in range(200)}
+    assert _send(nodes[0], "PUT", "/keys", values) == "3/3"
+    for i, key in enumerate(sorted(values)[:20]):
+        assert _send(nodes[i % 3], "DELETE", f"/keys/{key}") == "3/3"
+    for node in nodes:
+        os.kill(node.proc.pid, signal.SIGKILL)  # sh exec'd node.py: the node's own PID
+    for node in nodes:
+        node.proc.wait(10)
+
+    # Recreated containers: new addresses (new ports here), the same volume.
+    again = start_nodes(config, 3, **env)
+    compose.wait_healthy(again)
+    assert sorted(_claimed(n, volume) for n in again) == ["node-1", "node-2", "node-3"]
+    for node in again:
+        restored = re.findall(r"restored (\d+) entries from ", node.log.read_text())
+        assert restored, node.log.read_text()
+        assert int(restored[-1]) >= 180, restored  # 180 values (and 20 tombstones, unless purged)
+        status, body = _get(node, "/keys?filter=pc*&limit=1000")
+        assert status == 200
+        assert json.loads(body)["data"] == {k: v for k, v in sorted(values.items())[20:]}
