@@ -304,8 +304,11 @@ class Lifecycle:
                 all_joining_since = now if all_joining_since is None else all_joining_since
                 if now - all_joining_since >= self.config.join_timeout:
                     logger.info(
-                        "node=%s every member is joining: no one holds data yet; serving",
+                        "node=%s every member is joining: %s",
                         self.name,
+                        "serving this replica's own copy; anti-entropy reconciles the copies"
+                        if self._holds_data()
+                        else "no one holds data yet; serving",
                     )
                     await self._serving()
                     return

@@ -23,6 +23,7 @@ Speed is never asserted in a test; this prints figures for the README.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import multiprocessing
 import os
@@ -118,18 +119,25 @@ def bench_http(duration: float, rounds: int) -> list[str]:
     return lines
 
 
-def _pairs(n: int, start: int = 0) -> list[tuple[str, str]]:
-    # 16-character keys, 100-character values
+def _pairs(n: int, start: int = 0, noise: bool = False) -> list[tuple[str, str]]:
+    """16-character keys, 100-character values: a padded counter, or with `noise` random
+    base64 text, which no compression shrinks (what a disk copy's size is measured with)."""
+    if noise:
+        return [
+            (f"key:{i:012d}", base64.b64encode(os.urandom(75)).decode())
+            for i in range(start, start + n)
+        ]
     return [(f"key:{i:012d}", f"value:{i:012d}".ljust(100, "v")) for i in range(start, start + n)]
 
 
-def fill_redis(port: int, n: int, per_command: int = 1) -> None:
+def fill_redis(port: int, n: int, per_command: int = 1, noise: bool = False) -> None:
     """N keys over RESP (redis-server or a node's --resp-port), 10,000 keys a round trip: one
-    SET each, or MSETs of `per_command` keys (a node applies an MSET as one write)."""
+    SET each, or MSETs of `per_command` keys (a node applies an MSET as one write); `noise`:
+    incompressible values."""
     with socket.create_connection(("127.0.0.1", port)) as s:
         for start in range(0, n, 10_000):
             buf = []
-            pairs = _pairs(min(10_000, n - start), start)
+            pairs = _pairs(min(10_000, n - start), start, noise)
             commands = range(0, len(pairs), per_command)
             for i in commands:
                 chunk = pairs[i : i + per_command]
