@@ -130,14 +130,16 @@ def _pairs(n: int, start: int = 0, noise: bool = False) -> list[tuple[str, str]]
     return [(f"key:{i:012d}", f"value:{i:012d}".ljust(100, "v")) for i in range(start, start + n)]
 
 
-def fill_redis(port: int, n: int, per_command: int = 1, noise: bool = False) -> None:
+def fill_redis(
+    port: int, n: int, per_command: int = 1, noise: bool = False, first: int = 0
+) -> None:
     """N keys over RESP (redis-server or a node's --resp-port), 10,000 keys a round trip: one
     SET each, or MSETs of `per_command` keys (a node applies an MSET as one write); `noise`:
-    incompressible values."""
+    incompressible values; `first`: the number of the first key."""
     with socket.create_connection(("127.0.0.1", port)) as s:
-        for start in range(0, n, 10_000):
+        for start in range(first, first + n, 10_000):
             buf = []
-            pairs = _pairs(min(10_000, n - start), start, noise)
+            pairs = _pairs(min(10_000, first + n - start), start, noise)
             commands = range(0, len(pairs), per_command)
             for i in commands:
                 chunk = pairs[i : i + per_command]

@@ -284,6 +284,63 @@ def bench_restart(keys: int, rounds: int, tmp: Path) -> list[str]:
     ]
 
 
+def _status(node: procs.NodeProc) -> dict[str, Any]:
+    with urllib.request.urlopen(node.url + "/cluster/status", timeout=10) as r:
+        reply: dict[str, Any] = json.loads(r.read())
+    return reply
+
+
+def _both_hold(a: procs.NodeProc, b: procs.NodeProc, keys: int) -> bool:
+    return _health_keys(a) == keys and _health_keys(b) == keys
+
+
+def bench_catch_up(keys: int, missed: int, tmp: Path) -> list[str]:
+    """Two nodes on disk holding `keys` keys; one killed (-9), `missed` writes made on the other,
+    the killed one restarted: how many entries it received to catch up, and how long it took."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    fast = ("--antientropy-interval", "1", "--tombstone-interval", "1")
+    a = procs.start_node(
+        "--log-level", "WARNING", "--tcp-port", "0", "--data-dir", str(tmp / "a"), *fast,
+        name="a", log_dir=tmp,
+    )  # fmt: skip
+    b_args = (
+        "--log-level", "INFO", "--tcp-port", "0", "--data-dir", str(tmp / "b"), *fast,
+        "--join", f"127.0.0.1:{a.port}",
+    )  # fmt: skip
+    b = procs.start_node(*b_args, name="b", log_dir=tmp)
+    try:
+        fill_redis(a.resp_port, keys, FILL_BATCH, noise=True)
+        deadline = time.monotonic() + 300
+        while not _both_hold(a, b, keys):
+            if time.monotonic() > deadline:
+                raise TimeoutError("b never held every key")
+            time.sleep(0.2)
+        time.sleep(3)  # a few anti-entropy rounds: b learns how far it holds a's writes
+        b.proc.kill()  # kill -9: no leave, no clean close
+        b.proc.wait(10)
+        fill_redis(a.resp_port, missed, FILL_BATCH, noise=True, first=keys)
+        started = time.monotonic()
+        b = procs.start_node(*b_args, port=b.port, tcp_port=b.tcp_port, resp_port=b.resp_port,
+                             name="b", log_dir=tmp, wait=False)  # fmt: skip
+        procs.wait_http(b.url + "/health", timeout=300, proc=b.proc)
+        took = time.monotonic() - started
+        held = _health_keys(b)
+        sync = _status(b)["nodes"][0]["last_sync"]
+    finally:
+        procs.stop(a.proc)
+        procs.stop(b.proc)
+    return [
+        f"| a node on disk holding {keys:,} keys, killed (-9); {missed:,} writes made on its peer "
+        "meanwhile; restarted | |",
+        "| --- | ---: |",
+        f"| entries it received to catch up (`last_sync` in /cluster/status) "
+        f"| {sync['received']:,} |",
+        f"| streamed the whole data set instead | {'yes' if sync['full'] else 'no'} |",
+        f"| keys it holds once serving | {held:,} |",
+        f"| seconds from process start to /health 200 (restore, join, catch-up) | {took:.2f} |",
+    ]
+
+
 def bench_durability(duration: float, rounds: int, requests: int, keys: int) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="kvdurable-") as name:
         tmp = Path(name)
@@ -291,4 +348,6 @@ def bench_durability(duration: float, rounds: int, requests: int, keys: int) -> 
             *bench_write_rate(duration, rounds, requests, tmp),
             "",
             *bench_restart(keys, rounds, tmp),
+            "",
+            *bench_catch_up(keys, 1000, tmp / "catch-up"),
         ]
