@@ -223,6 +223,9 @@ class OrderedConnection(asyncio.Protocol, Generic[Item]):
         except StopIteration:
             self._emit(reply.ok, reply.line)
             return None
+        except KVError as exc:  # the disk copy refused it (STORAGE_UNAVAILABLE)
+            self._emit(False, self.error_line(exc))
+            return None
         except Exception:
             self._replication_failed(reply.batch)
             return None
@@ -253,6 +256,8 @@ class OrderedConnection(asyncio.Protocol, Generic[Item]):
                         started = None
                     else:
                         await replicate(batch)
+                except KVError as exc:  # the disk copy refused it (STORAGE_UNAVAILABLE)
+                    self._emit(False, self.error_line(exc))
                 except Exception:
                     self._replication_failed(batch)
                 else:

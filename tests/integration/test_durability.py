@@ -6,6 +6,8 @@ every acknowledged write committed, nothing checkpointed); the restarted node st
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import os
 import shutil
@@ -223,3 +225,33 @@ async def test_a_full_disk_refuses_writes_keeps_reads_and_recovers_by_itself(
     assert await value(node, "after") == "recovered"
     assert node.node.journal is not None
     assert node.node.journal.failure is None
+
+
+async def test_a_line_protocol_write_on_a_full_disk_gets_the_storage_error_not_an_internal_one(
+    start: Start, small_disk: Path
+) -> None:
+    """RESP connections share the code that answers here (cluster.api.ordered)."""
+    from cluster.api.line.server import start_line_server
+
+    node = await start("a", data_dir=str(small_disk / "data"))
+    server = await start_line_server(node.node.make_line_server(), "127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        ballast = small_disk / "ballast"
+        with ballast.open("wb") as f:
+            f.write(b"\0" * max(0, shutil.disk_usage(small_disk).free - 64 * 1024))
+        reply: dict[str, str] = {}
+        for i in range(2000):
+            writer.write(f"PUT big{i} {'x' * 250}\n".encode())
+            reply = json.loads(await reader.readline())
+            if reply["status"] != "Ok":
+                break
+        assert reply["status"] == "Error"
+        assert "disk copy cannot be written" in reply["mesg"], reply
+        writer.write(b"GET big0\n")
+        assert json.loads(await reader.readline())["status"] == "Ok"  # reads go on
+        assert node.node.metrics.internal_errors._value.get() == 0
+        ballast.unlink()
+    finally:
+        writer.close()
+        await server.close()
