@@ -42,26 +42,29 @@ def encode_entries(entries: Iterable[Mutation]) -> list[list[Any]]:
     return [[m.key, m.value, m.ts, m.node, m.expires] for m in entries]
 
 
-def decode_entries(raw: object) -> list[Mutation]:
+def checked_entries(raw: object) -> list[list[Any]]:
+    """The entries of a peer's message, each checked to be `[key, value, ts, node, expires]` of
+    the right types (DecodeError if one is not), left as the lists they came as: a snapshot page
+    of 10,000 entries is merged without building a Mutation for each."""
     if not isinstance(raw, list):
         raise DecodeError("entries must be a list")
-    out = []
     for item in raw:
-        if not isinstance(item, list) or len(item) != 5:
+        if type(item) is not list or len(item) != 5:
             raise DecodeError("an entry must be [key, value, ts, node, expires]")
         key, value, ts, node, expires = item
-        if not (isinstance(key, str) and key and isinstance(node, str) and node):
+        if type(key) is not str or not key or type(node) is not str or not node:
             raise DecodeError("bad key or node")
-        if not isinstance(ts, int) or isinstance(ts, bool) or ts < 0:
+        if type(ts) is not int or ts < 0:
             raise DecodeError("bad timestamp")
-        if value is not None and not isinstance(value, str):
+        if value is not None and type(value) is not str:
             raise DecodeError("bad value")
-        if expires is not None and (
-            isinstance(expires, bool) or not isinstance(expires, int | float)
-        ):
+        if expires is not None and type(expires) is not float and type(expires) is not int:
             raise DecodeError("bad expiry")
-        out.append(Mutation(key, value, ts, node, expires))
-    return out
+    return raw
+
+
+def decode_entries(raw: object) -> list[Mutation]:
+    return [Mutation(*item) for item in checked_entries(raw)]
 
 
 def decode_clear(raw: object) -> Version:
@@ -75,7 +78,9 @@ def decode_clear(raw: object) -> Version:
     return (raw[0], raw[1])
 
 
-def merge_entries(store: Store, hlc: HybridClock, entries: Sequence[Mutation]) -> tuple[int, int]:
+def merge_entries(
+    store: Store, hlc: HybridClock, entries: Sequence[Mutation] | Sequence[list[Any]]
+) -> tuple[int, int]:
     """Merge repaired or snapshot entries, all or none; (applied, refused for clock skew).
 
     All or none: if any entry is further ahead than the maximum clock offset, none is applied.
@@ -86,7 +91,7 @@ def merge_entries(store: Store, hlc: HybridClock, entries: Sequence[Mutation]) -
     per call and observes the greatest timestamp once.
     """
     limit = hlc.limit()
-    greatest = max((m.ts for m in entries), default=0)
+    greatest = max((m[2] for m in entries), default=0)
     if greatest > limit:
         logger.warning(
             "refused %d entries: the newest is further ahead of our clock than the maximum "
@@ -96,8 +101,8 @@ def merge_entries(store: Store, hlc: HybridClock, entries: Sequence[Mutation]) -
         return 0, len(entries)
     applied = 0
     apply = store.apply
-    for m in entries:
-        applied += apply(m.key, m.value, m.ts, m.node, m.expires)
+    for key, value, ts, node, expires in entries:
+        applied += apply(key, value, ts, node, expires)
     if greatest:
         with contextlib.suppress(ClockSkewError):
             hlc.observe(greatest)

@@ -18,6 +18,7 @@ from cluster.replication.antientropy import (
     DIGESTS_PATH,
     EXCHANGE_PATH,
     SNAPSHOT_PATH,
+    checked_entries,
     decode_clear,
     decode_entries,
     diff_buckets,
@@ -136,7 +137,7 @@ async def pull_snapshot(
         pending = asyncio.create_task(fetch(cursor)) if cursor is not None else None
         try:
             merge_clear(store, hlc, decode_clear(reply.get("clear")))
-            entries = decode_entries(reply.get("entries"))
+            entries = checked_entries(reply.get("entries"))
             _, refused = merge_entries(store, hlc, entries)
             if refused:
                 # Serving part of the data set would be worse than waiting for the clocks.

@@ -30,8 +30,10 @@ def check_invariants(store: Store) -> None:
     data = dict(store.stored_items())
     assert store._count == len(data)
     assert all(bucket_of(k) == i for i, bucket in enumerate(store._buckets) for k in bucket)
-    assert set(store._keys) == set(data)
-    assert list(store._keys) == sorted(data)
+    assert not set(store._keys) & store._fresh  # each key in one of them
+    assert set(store._keys) | store._fresh == set(data)
+    assert list(store._keys) == sorted(store._keys)
+    assert list(store._index()) == sorted(data)
     assert store._tombstones == {k for k, e in data.items() if e.value is None}
     clear = store.clear_version
     assert all((e.ts, e.node) > clear for e in data.values())
