@@ -28,6 +28,8 @@ from cluster.replication.antientropy import (
     merge_entries,
 )
 
+MERGE_SLICE = 1000  # snapshot entries merged between two yields to the event loop
+
 
 @dataclass(frozen=True, slots=True)
 class RepairResult:
@@ -138,13 +140,18 @@ async def pull_snapshot(
         try:
             merge_clear(store, hlc, decode_clear(reply.get("clear")))
             entries = checked_entries(reply.get("entries"))
-            _, refused = merge_entries(store, hlc, entries)
-            if refused:
+            if max((e[2] for e in entries), default=0) > hlc.limit():
                 # Serving part of the data set would be worse than waiting for the clocks.
                 raise ClockSkewError(
                     f"the snapshot from {address} is ahead of our clock by more than the maximum "
                     "offset; retrying"
                 )
+            # In slices, yielding between them: the request for the next page goes out and the
+            # peer reads and encodes it while this one merges. (A joiner serves no one yet, so
+            # no client sees a page half merged; the limit passed above only grows.)
+            for i in range(0, len(entries), MERGE_SLICE):
+                merge_entries(store, hlc, entries[i : i + MERGE_SLICE])
+                await asyncio.sleep(0)
             received += len(entries)
         except BaseException:
             if pending is not None:
