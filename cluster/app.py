@@ -24,7 +24,7 @@ from cluster.api.http import HttpApi
 from cluster.api.internal import InternalApi
 from cluster.api.line.server import LineOptions, LineServer
 from cluster.api.metrics import Metrics, Reading, readings
-from cluster.api.middleware import error_middleware
+from cluster.api.middleware import Guard
 from cluster.api.ordered import listen
 from cluster.api.ports import Writes
 from cluster.api.resp.server import RespOptions, RespServer
@@ -317,24 +317,25 @@ class Node:
 
 
 def build_app(node: Node) -> web.Application:
-    """The node's HTTP application: every face, each given only what it needs."""
+    """The node's HTTP application: every face, each given only what it needs, each route
+    wrapped by the one guard (errors as JSON, readiness gate, metrics: cluster.api.middleware)."""
     config = node.config
     status = node.lifecycle
-    app = web.Application(
-        client_max_size=config.max_body_bytes,
-        middlewares=[
-            error_middleware(config.name, status, node.metrics, node.clock, config.max_body_bytes)
-        ],
-    )
+    app = web.Application(client_max_size=config.max_body_bytes)
+    guard = Guard(config.name, status, node.metrics, node.clock, config.max_body_bytes)
     api = HttpApi(config.name, node.kv, node.writes, status, node.metrics)
     compat = CompatApi(node.kv, node.writes)
-    app.add_routes(api.routes())
-    app.add_routes(compat.routes())
-    app.add_routes(SetGetRouter(api, compat).routes())
-    app.add_routes(AdminApi(config.name, node.lifecycle, config.admin_token).routes())
     durable = None if node.journal is None else node.journal.synced
-    app.add_routes(InternalApi(node.peer_service, durable).routes())
-    app.add_routes(node.status.routes())
+    for routes in (
+        api.routes(),
+        compat.routes(),
+        SetGetRouter(api, compat).routes(),
+        AdminApi(config.name, node.lifecycle, config.admin_token).routes(),
+        InternalApi(node.peer_service, durable).routes(),
+        node.status.routes(),
+    ):
+        app.add_routes(guard.routes(routes))
+    app.add_routes(guard.fallbacks())
     app.cleanup_ctx.append(node.background)
     app.cleanup_ctx.append(node.status.sampler)
     return app
