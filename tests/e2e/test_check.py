@@ -7,32 +7,16 @@ That the checker can fail at all is shown on synthetic histories in tests/unit/t
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from loadtest import mesh as meshlib
 from loadtest import procs
+from tests.e2e.checker import run_check
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(procs.nginx_binary() is None, reason="nginx is not installed"),
 ]
-
-
-def run_check(*args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "loadtest.check", "--converge-timeout", "20s", *args],
-        cwd=procs.ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    print(result.stdout, result.stderr)
-    return result
 
 
 def test_a_healthy_mesh_passes(running_mesh: meshlib.Mesh) -> None:

@@ -22,6 +22,7 @@ import pytest
 
 from loadtest import mesh as meshlib
 from loadtest import procs
+from tests.e2e.meshes import mesh_of
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
 from selenium.webdriver.chrome.options import Options  # noqa: E402
@@ -139,15 +140,8 @@ def test_the_dashboard_follows_a_node_killed_and_restarted(
 @pytest.fixture
 def guarded_mesh(tmp_path: Path) -> Iterator[meshlib.Mesh]:
     """Three nodes with an admin token, behind nginx."""
-    m = meshlib.Mesh(meshlib.free_plan(3, ("--admin-token", "s3cret")), tmp_path, quiet=True)
-    try:
-        m.start_nodes()
-        m.wait_nodes()
-        m.start_nginx()
-        m.wait_nginx()
+    with mesh_of(meshlib.free_plan(3, ("--admin-token", "s3cret")), tmp_path) as m:
         yield m
-    finally:
-        m.stop()
 
 
 def test_with_an_admin_token_the_page_removes_a_member_only_with_the_token(

@@ -26,7 +26,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 import pytest
 
 from loadtest import procs
+from tests.e2e import checker
 from tests.e2e import test_compose as compose
 
 pytestmark = [
@@ -43,17 +43,7 @@ pytestmark = [
 
 
 def run_check(*args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "loadtest.check", "--converge-timeout", "20s", *args],
-        cwd=procs.ROOT,
-        capture_output=True,
-        text=True,
-        timeout=50,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    print(result.stdout, result.stderr)
-    return result
+    return checker.run_check(*args, timeout=50)
 
 
 @pytest.mark.timeout(55)

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 from aiohttp import web
@@ -42,23 +41,14 @@ from cluster.membership.messages import Alive
 from cluster.net import auth
 from cluster.replication import repair
 from cluster.replication import wire as replication
+from tests.integration.inproc import Running
 
 T0 = 1_800_000_000.0
 
 
 @dataclass
-class Member:
-    node: Node
-    client: TestClient[Any, Any]
+class Member(Running):
     clock: FakeClock
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.client.port}"
-
-    @property
-    def name(self) -> str:
-        return self.node.config.name
 
     def value(self, key: str) -> str | None:
         entry = self.node.store.get(key, self.clock.wall())

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -16,20 +15,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from cluster.app import Node, build_app
 from cluster.config import Config
 from cluster.replication import repair
+from tests.integration.inproc import Running
 
-
-@dataclass
-class Member:
-    node: Node
-    client: TestClient
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.client.port}"
-
-    @property
-    def name(self) -> str:
-        return self.node.config.name
+Member = Running  # a whole in-process node (tests.integration.inproc)
 
 
 MakeMesh = Callable[..., Awaitable[list[Member]]]
