@@ -211,7 +211,10 @@ def start_redis(port: int, *args: str, timeout: float = 10.0) -> subprocess.Pope
     (e.g. "--appendonly", "yes", "--dir", DIR) are added after the defaults and override them."""
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     defaults = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = supervise.spawn([binary, *defaults, *args])
+    # Its working directory is a temporary one: a replica's full sync writes dump.rdb there.
+    proc = supervise.spawn(
+        [binary, *defaults, *args], cwd=Path(tempfile.mkdtemp(prefix="kvredis-"))
+    )
     supervise.wait_ready(proc, lambda: _redis_pong(port), "redis-server to answer PING", timeout)
     return proc
 
