@@ -192,11 +192,13 @@ class Journal:
             if carried:
                 try:
                     self._write(carried)
-                except sqlite3.Error as exc:
+                except Exception as exc:  # the disk (sqlite3.Error), or a bug: never hang writers
                     self.failed_commits += 1
+                    if not isinstance(exc, sqlite3.Error):
+                        logger.exception("node=%s journal commit failed", self.name)
                     with contextlib.suppress(sqlite3.Error):
                         self.conn.execute("ROLLBACK")
-                    loop.call_soon_threadsafe(self._failed, str(exc))
+                    loop.call_soon_threadsafe(self._failed, str(exc) or type(exc).__name__)
                     if closing:
                         logger.error(
                             "node=%s %d changes not written at exit", self.name, len(carried)

@@ -200,3 +200,36 @@ async def test_writes_of_one_loop_turn_share_one_commit(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / disk.DB_NAME)
     assert conn.execute("SELECT count(*) FROM entries").fetchone() == (500,)
     conn.close()
+
+
+async def test_a_commit_that_fails_for_any_reason_refuses_writes_and_never_hangs_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cluster.errors import StorageUnavailable
+
+    store, journal = open_journal(tmp_path)
+    real = journal._write
+    broken = True
+
+    def write(changes: list[tuple[object, ...]]) -> None:
+        if broken:
+            raise RuntimeError("a bug in the journal")
+        real(changes)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(journal, "_write", write)
+    store.apply("k", "v", 10, "n1")
+    with pytest.raises(StorageUnavailable, match="a bug in the journal"):
+        await asyncio.wait_for(journal.synced(), 5)
+    with pytest.raises(StorageUnavailable):
+        journal.check_writable()
+    broken = False  # the next attempt succeeds: writes are taken again, nothing was skipped
+
+    async def recovered() -> None:
+        while journal.failure is not None:  # noqa: ASYNC110 - set by the disk thread, no event
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(recovered(), 5)
+    await journal.close()
+    restored = Store()
+    disk.load(tmp_path, "always", restored).close()
+    assert state(restored) == {"k": ("v", 10, "n1", None)}
