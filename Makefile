@@ -36,14 +36,16 @@ install: $(STAMP) install-system
 # Debian packages (as root, only the missing ones): nginx and its stream module (the balancer, the
 # benchmark ceiling), wrk and redis-server (the benchmark anchors), docker-compose (validates the
 # compose file; no Docker engine needed), nftables and iproute2 (`nft`, `ip netns`, `tc`: the
-# fault rig), chromium and chromium-driver (the dashboard's browser test, driven by selenium).
+# fault rig), chromium and chromium-driver (the dashboard's browser test, driven by selenium),
+# postgresql (database mode's tests start a private server of their own with initdb/pg_ctl).
 # Every tool a test probes is here: under CI=true a test that skips fails instead.
 # As another user it prints what to install instead.
 install-system:
 	@missing=""; \
 	for b in nginx:nginx /usr/lib/nginx/modules/ngx_stream_module.so:libnginx-mod-stream \
 	         wrk:wrk redis-server:redis-server docker-compose:docker-compose \
-	         nft:nftables ip:iproute2 tc:iproute2 chromium:chromium chromedriver:chromium-driver; do \
+	         nft:nftables ip:iproute2 tc:iproute2 chromium:chromium chromedriver:chromium-driver \
+	         /usr/lib/postgresql:postgresql; do \
 	  what=$${b%%:*}; pkg=$${b##*:}; \
 	  case $$what in \
 	    /*) [ -e $$what ] && continue ;; \

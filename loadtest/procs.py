@@ -226,3 +226,75 @@ def _redis_pong(port: int) -> bool:
             return s.recv(16).startswith(b"+PONG")
     except OSError:
         return False
+
+
+# --- PostgreSQL -----------------------------------------------------------------------------------
+
+
+def postgres_bindir() -> Path | None:
+    """Where Debian's PostgreSQL server programs are (initdb, pg_ctl), or None."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: p.parent)
+    return found[-1].parent if found else None
+
+
+@dataclass
+class Postgres:
+    """A private PostgreSQL server of our own: its own data directory, port and socket."""
+
+    base: Path
+    port: int
+    bindir: Path
+    user: str | None  # the system user the server runs as (postgres when we are root)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://kvmesh@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *cmd: str) -> subprocess.CompletedProcess[bytes]:
+        full = [str(self.bindir / cmd[0]), *cmd[1:]]
+        if self.user is not None:
+            full = ["runuser", "-u", self.user, "--", *full]
+        return subprocess.run(full, capture_output=True, check=False, stdin=subprocess.DEVNULL)
+
+    def start(self) -> None:
+        opts = (
+            f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c full_page_writes=off -c max_connections=200"
+        )
+        done = self._run(
+            "pg_ctl", "-D", str(self.base / "data"), "-o", opts, "-l", str(self.base / "log"),
+            "-w", "-t", "60", "start",
+        )  # fmt: skip
+        if done.returncode != 0:
+            log = (self.base / "log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"PostgreSQL did not start: {done.stderr.decode()}\n{log}")
+
+    def stop(self, mode: str = "fast") -> None:
+        """pg_ctl stop: signals the server's PID (from its postmaster.pid) and waits."""
+        self._run("pg_ctl", "-D", str(self.base / "data"), "-m", mode, "-w", "-t", "60", "stop")
+
+
+def start_postgres() -> Postgres:
+    """initdb into a fresh temporary directory and start the server on a free port (as the
+    `postgres` user when we are root: PostgreSQL refuses to run as root)."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        raise RuntimeError("PostgreSQL is not installed (make install-system installs it)")
+    base = Path(tempfile.mkdtemp(prefix="kvpg-"))
+    user = "postgres" if os.geteuid() == 0 else None
+    if user is not None:
+        shutil.chown(base, user)
+    pg = Postgres(base, free_port(), bindir, user)
+    done = pg._run(
+        "initdb", "-D", str(base / "data"), "-U", "kvmesh", "-A", "trust", "--no-sync",
+        "-E", "UTF8", "--locale", "C",
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"initdb failed: {done.stderr.decode()}")
+    pg.start()
+    return pg
+
+
+def remove_postgres(pg: Postgres) -> None:
+    pg.stop("immediate")
+    shutil.rmtree(pg.base, ignore_errors=True)
