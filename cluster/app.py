@@ -20,6 +20,7 @@ from aiohttp import web
 
 from cluster.api.admin import AdminApi
 from cluster.api.compat import CompatApi
+from cluster.api.data import Data, MemoryData
 from cluster.api.http import HttpApi
 from cluster.api.internal import InternalApi
 from cluster.api.line.server import LineOptions, LineServer
@@ -117,6 +118,8 @@ class Node:
             if self.journal is None
             else DurableWrites(self.journal, self.replicator)
         )
+        # Where the HTTP faces read and write (cluster.api.data).
+        self.data: Data = MemoryData(self.kv, self.writes)
         self.gossip = Gossip(
             config.name,
             config.advertise,
@@ -323,8 +326,8 @@ def build_app(node: Node) -> web.Application:
     status = node.lifecycle
     app = web.Application(client_max_size=config.max_body_bytes)
     guard = Guard(config.name, status, node.metrics, node.clock, config.max_body_bytes)
-    api = HttpApi(config.name, node.kv, node.writes, status, node.metrics)
-    compat = CompatApi(node.kv, node.writes)
+    api = HttpApi(config.name, node.data, status, node.metrics)
+    compat = CompatApi(node.data)
     durable = None if node.journal is None else node.journal.synced
     for routes in (
         api.routes(),

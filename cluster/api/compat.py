@@ -14,10 +14,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from cluster.api.ports import Writes
-from cluster.api.replies import json_response, key_from_path, replicate_headers, stream_listing
+from cluster.api.data import Data
+from cluster.api.replies import json_response, key_from_path, stream_listing
 from cluster.core.hlc import wall_seconds_of
-from cluster.core.kv import KV
 from cluster.core.store import Entry
 from cluster.errors import NotFound
 
@@ -30,9 +29,9 @@ def http_date(epoch: float) -> str:
 class CompatApi:
     """The earlier stores' routes over the same key/value operations and replication."""
 
-    def __init__(self, kv: KV, writes: Writes) -> None:
-        self.kv = kv
-        self.writes = writes
+    def __init__(self, data: Data) -> None:
+        self.data = data
+        self.kv = data.kv  # validation and the clock
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -54,15 +53,14 @@ class CompatApi:
     async def set_named(self, request: web.Request) -> web.Response:
         name = self.kv.check_key(key_from_path(request, "/set/"))
         value = self.kv.check_value(request.rel_url.query.get("value"))
-        batch = self.kv.set(name, value)
-        headers = await replicate_headers(self.writes, batch)
+        batch, headers = await self.data.set(name, value)
         return json_response(
             {name: {"value": value, "time": wall_seconds_of(batch.ts)}}, headers=headers
         )
 
     async def get_named(self, request: web.Request) -> web.Response:
         name = self.kv.check_key(key_from_path(request, "/get/"))
-        entry = self.kv.get(name)
+        entry = await self.data.get(name)
         if entry is None:
             raise NotFound(f"no such key: {name}")
         return json_response(self._timed(entry))
@@ -74,7 +72,7 @@ class CompatApi:
             return orjson.dumps({k: self._timed(e) for k, e in page})[1:-1]
 
         return await stream_listing(
-            request, self.kv, "object", None, None, b'{"data":{', b"}}", render
+            request, self.data, "object", None, None, b'{"data":{', b"}}", render
         )
 
     # --- the expiring store ---------------------------------------------------------------------
@@ -84,8 +82,7 @@ class CompatApi:
         key = self.kv.check_key(q.get("key"))
         value = self.kv.check_value(q.get("value"))
         ttl = self.kv.check_ttl(q.get("timeout"), "timeout")
-        batch = self.kv.set(key, value, ttl)
-        headers = await replicate_headers(self.writes, batch)
+        batch, headers = await self.data.set(key, value, ttl)
         expires = batch.mutations[0].expires
         return json_response(
             {
@@ -99,7 +96,7 @@ class CompatApi:
 
     async def get_query(self, request: web.Request) -> web.Response:
         key = self.kv.check_key(request.rel_url.query.get("key"))
-        entry = self.kv.get(key)
+        entry = await self.data.get(key)
         if entry is None:
             raise NotFound(f"no such key: {key}")
         return json_response(
@@ -112,11 +109,10 @@ class CompatApi:
 
     async def delete_query(self, request: web.Request) -> web.Response:
         key = self.kv.check_key(request.rel_url.query.get("key"))
-        batch = self.kv.delete(key)
-        if batch is None:
+        written = await self.data.delete(key)
+        if written is None:
             raise NotFound(f"no such key: {key}")
-        headers = await replicate_headers(self.writes, batch)
-        return json_response({"message": "Value deleted successfully"}, headers=headers)
+        return json_response({"message": "Value deleted successfully"}, headers=written.headers)
 
     async def all_timed(self, request: web.Request) -> web.StreamResponse:
         def render(page: list[tuple[str, Entry]]) -> bytes:
@@ -124,4 +120,4 @@ class CompatApi:
                 {k: {"time_out": self._time_out(e), "value": e.value} for k, e in page}
             )[1:-1]
 
-        return await stream_listing(request, self.kv, "object", None, None, b"{", b"}", render)
+        return await stream_listing(request, self.data, "object", None, None, b"{", b"}", render)

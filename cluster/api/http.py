@@ -1,8 +1,9 @@
 """The HTTP API of the contract: the REST routes, the task API, /health and /metrics.
 
-Thin by design: parse and validate the request, call `KV`, hand the write to replication, render
-JSON with orjson. `/set` and `/get` are shared with the compatibility shapes: `cluster.api.router`
-dispatches them. Errors become replies in `cluster.api.middleware` only.
+Thin by design: parse and validate the request (`KV`'s checks), read or write through `Data` (the
+mesh's store and replication, or a database), render JSON with orjson. `/set` and `/get` are
+shared with the compatibility shapes: `cluster.api.router` dispatches them. Errors become replies
+in `cluster.api.middleware` only.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from typing import Any
 
 from aiohttp import web
 
+from cluster.api.data import Data
 from cluster.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from cluster.api.metrics import Metrics
-from cluster.api.ports import NodeStatus, Writes
+from cluster.api.ports import NodeStatus
 from cluster.api.replies import (
     json_response,
     key_from_path,
@@ -22,11 +24,9 @@ from cluster.api.replies import (
     parse_filter,
     parse_json,
     parse_limit,
-    replicate_headers,
     stream_listing,
 )
 from cluster.core.cursor import encode_cursor
-from cluster.core.kv import KV, Batch
 from cluster.core.store import Entry
 from cluster.errors import BadRequest, NotFound
 
@@ -34,17 +34,12 @@ from cluster.errors import BadRequest, NotFound
 class HttpApi:
     """The contract's REST and task routes, /health and /metrics, over the key/value operations."""
 
-    def __init__(
-        self, name: str, kv: KV, writes: Writes, status: NodeStatus, metrics: Metrics
-    ) -> None:
+    def __init__(self, name: str, data: Data, status: NodeStatus, metrics: Metrics) -> None:
         self.name = name
-        self.kv = kv
-        self.writes = writes
+        self.data = data
+        self.kv = data.kv  # validation and the clock
         self.status = status
         self.metrics_source = metrics
-
-    async def replicate(self, batch: Batch) -> dict[str, str]:
-        return await replicate_headers(self.writes, batch)
 
     async def read_json(self, request: web.Request) -> Any:
         return parse_json(await request.read())
@@ -76,7 +71,7 @@ class HttpApi:
 
     async def get_key(self, request: web.Request) -> web.Response:
         key = self.kv.check_key(key_from_path(request, "/keys/"))
-        entry = self.kv.get(key)
+        entry = await self.data.get(key)
         if entry is None:
             raise NotFound(f"no such key: {key}")
         return json_response(self._entry_body(key, entry))
@@ -92,9 +87,8 @@ class HttpApi:
             raise BadRequest('the body has no "value"', "MISSING_VALUE_PARAM")
         value = self._body_value(body["value"])
         ttl = self._ttl_of(body.get("ttl"), body.get("expire_in"))
-        batch = self.kv.set(key, value, ttl)
-        headers = await self.replicate(batch)
-        return json_response({"key": key, "value": value, "ttl": ttl}, headers=headers)
+        written = await self.data.set(key, value, ttl)
+        return json_response({"key": key, "value": value, "ttl": ttl}, headers=written.headers)
 
     def _body_value(self, value: object) -> str:
         """A value given in a JSON body: null there is a non-string value, not a missing one."""
@@ -111,11 +105,10 @@ class HttpApi:
 
     async def delete_key(self, request: web.Request) -> web.Response:
         key = self.kv.check_key(key_from_path(request, "/keys/"))
-        batch = self.kv.delete(key)
-        if batch is None:
+        written = await self.data.delete(key)
+        if written is None:
             raise NotFound(f"no such key: {key}")
-        headers = await self.replicate(batch)
-        return json_response({"deleted": key}, headers=headers)
+        return json_response({"deleted": key}, headers=written.headers)
 
     async def put_many(self, request: web.Request) -> web.Response:
         q = request.rel_url.query
@@ -127,13 +120,12 @@ class HttpApi:
             )
         check_key, check_value = self.kv.check_key, self._body_value
         pairs = {check_key(k): check_value(v) for k, v in body.items()}  # all checked first
-        batch = self.kv.set_many(pairs, ttl)
-        headers = await self.replicate(batch)
-        return json_response({"stored": len(pairs)}, headers=headers)
+        written = await self.data.set_many(pairs, ttl)
+        return json_response({"stored": len(pairs)}, headers=written.headers)
 
     async def clear_keys(self, request: web.Request) -> web.Response:
-        headers = await self.replicate(self.kv.clear())
-        return json_response({"cleared": True}, headers=headers)
+        written = await self.data.clear()
+        return json_response({"cleared": True}, headers=written.headers)
 
     async def list_keys(self, request: web.Request) -> web.StreamResponse:
         q = request.rel_url.query
@@ -142,12 +134,11 @@ class HttpApi:
         after = parse_cursor(q.get("cursor"))
         if limit is None:
             return await stream_listing(
-                request, self.kv, "object", after, pattern, b'{"data":{', b'},"next_cursor":null}'
+                request, self.data, "object", after, pattern, b'{"data":{', b'},"next_cursor":null}'
             )
-        store, now = self.kv.store, self.kv.clock.wall()
         data: dict[str, str] = {}
         while len(data) < limit:
-            page, after = store.scan(after, limit - len(data), now, pattern)
+            page, after = await self.data.scan(after, limit - len(data), pattern)
             data.update((k, e.value) for k, e in page if e.value is not None)
             if after is None:
                 break
@@ -161,42 +152,41 @@ class HttpApi:
         q = request.rel_url.query
         key = self.kv.check_key(q.get("k"))
         value = self.kv.check_value(q.get("v"))
-        headers = await self.replicate(self.kv.set(key, value))
-        return json_response({"key": key, "value": value}, headers=headers)
+        written = await self.data.set(key, value)
+        return json_response({"key": key, "value": value}, headers=written.headers)
 
     async def task_get(self, request: web.Request) -> web.Response:
         key = self.kv.check_key(request.rel_url.query.get("k"))
-        entry = self.kv.get(key)
+        entry = await self.data.get(key)
         if entry is None:
             raise NotFound(f"no such key: {key}")
         return json_response({"key": key, "value": entry.value})
 
     async def task_rm(self, request: web.Request) -> web.Response:
         key = self.kv.check_key(request.rel_url.query.get("k"))
-        batch = self.kv.delete(key)
-        if batch is None:
+        written = await self.data.delete(key)
+        if written is None:
             raise NotFound(f"no such key: {key}")
-        headers = await self.replicate(batch)
-        return json_response({"deleted": key}, headers=headers)
+        return json_response({"deleted": key}, headers=written.headers)
 
     async def task_clear(self, request: web.Request) -> web.Response:
-        headers = await self.replicate(self.kv.clear())
-        return json_response({"data": {}}, headers=headers)
+        written = await self.data.clear()
+        return json_response({"data": {}}, headers=written.headers)
 
     async def task_is(self, request: web.Request) -> web.Response:
         key = self.kv.check_key(request.rel_url.query.get("k"))
-        if self.kv.get(key) is None:
+        if await self.data.get(key) is None:
             raise NotFound(f"no such key: {key}")
         return json_response({"key": key, "exists": True})
 
     async def task_get_keys(self, request: web.Request) -> web.StreamResponse:
-        return await stream_listing(request, self.kv, "keys", None, None, b"[", b"]")
+        return await stream_listing(request, self.data, "keys", None, None, b"[", b"]")
 
     async def task_get_values(self, request: web.Request) -> web.StreamResponse:
-        return await stream_listing(request, self.kv, "values", None, None, b"[", b"]")
+        return await stream_listing(request, self.data, "values", None, None, b"[", b"]")
 
     async def task_get_all(self, request: web.Request) -> web.StreamResponse:
-        return await stream_listing(request, self.kv, "object", None, None, b"{", b"}")
+        return await stream_listing(request, self.data, "object", None, None, b"{", b"}")
 
     # --- operations ------------------------------------------------------------------------------
 
@@ -208,7 +198,7 @@ class HttpApi:
             "status": "ok" if status.ready else "syncing",
             "name": self.name,
             "members": status.alive_members(),
-            "keys": len(self.kv.store),
+            "keys": await self.data.count(),
         }
         if not status.ready and status.join_problem is not None:
             body["reason"] = status.join_problem  # e.g. a seed refused us: the cluster keys differ

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, unquote_to_bytes
 
 import orjson
@@ -17,7 +17,7 @@ from aiohttp import web
 
 from cluster.api.ports import Writes
 from cluster.core.cursor import decode_cursor
-from cluster.core.kv import KV, Batch
+from cluster.core.kv import Batch
 from cluster.core.patterns import Pattern, compile_pattern
 from cluster.core.store import Entry
 from cluster.errors import STATUS, BadRequest, DecodeError, KVError
@@ -129,9 +129,17 @@ def _render(shape: str) -> Render:
     return lambda page: orjson.dumps([e.value for _, e in page])[1:-1]
 
 
+class Scanner(Protocol):
+    """What a listing reads its pages from (`cluster.api.data.Data`)."""
+
+    async def scan(
+        self, after: str | None, limit: int, pattern: Pattern | None
+    ) -> tuple[list[tuple[str, Entry]], str | None]: ...
+
+
 async def stream_listing(
     request: web.Request,
-    kv: KV,
+    data: Scanner,
     shape: str,
     after: str | None,
     pattern: Pattern | None,
@@ -152,7 +160,7 @@ async def stream_listing(
     draw = render if render is not None else _render(shape)
     first = True
     while True:
-        page, after = kv.store.scan(after, STREAM_PAGE, kv.clock.wall(), pattern)
+        page, after = await data.scan(after, STREAM_PAGE, pattern)
         if page:
             chunk = draw(page)
             await resp.write(chunk if first else b"," + chunk)

@@ -155,6 +155,15 @@ class KV:
 
         Within one timestamp a later op on the same key must win: only the last is kept.
         """
+        batch = self.stamp(ops)
+        apply, ts, node = self.store.apply, batch.ts, batch.node
+        for m in batch.mutations:
+            apply(m.key, m.value, ts, node, m.expires)
+        return batch
+
+    def stamp(self, ops: Iterable[tuple[str, str | None, float | None]]) -> Batch:
+        """The batch `write_batch` would apply, stamped with one new timestamp, not applied
+        (database mode applies it in the database)."""
         if self.writable is not None:
             self.writable()
         ts = self.hlc.now()
@@ -166,10 +175,11 @@ class KV:
         if len(muts) > 1 and len({m.key for m in muts}) < len(muts):
             last = {m.key: i for i, m in enumerate(muts)}
             muts = [m for i, m in enumerate(muts) if last[m.key] == i]
-        apply = self.store.apply
-        for m in muts:
-            apply(m.key, m.value, ts, node, m.expires)
         return Batch(ts, node, tuple(muts))
+
+    def expiry(self, ttl: float | None) -> float | None:
+        """The absolute expiry of a write made now with `ttl` seconds to live."""
+        return self.clock.wall() + ttl if ttl is not None else None
 
     def stage(self) -> Staged:
         """A write set over this node's data: reads see its own writes; `commit` applies them
