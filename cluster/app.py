@@ -20,7 +20,7 @@ from aiohttp import web
 
 from cluster.api.admin import AdminApi
 from cluster.api.compat import CompatApi
-from cluster.api.data import Data, MemoryData
+from cluster.api.data import Data, DatabaseData, MemoryData
 from cluster.api.http import HttpApi
 from cluster.api.internal import InternalApi
 from cluster.api.line.server import LineOptions, LineServer
@@ -37,6 +37,7 @@ from cluster.core.hlc import HybridClock
 from cluster.core.kv import KV, Limits
 from cluster.core.ports import PeerTransport, Transport
 from cluster.core.store import Store
+from cluster.errors import StorageUnavailable
 from cluster.lifecycle import Lifecycle
 from cluster.net.clock import SystemClock
 from cluster.net.gossip import Gossip
@@ -46,6 +47,7 @@ from cluster.net.udp import UdpTransport
 from cluster.replication.sender import Replicator
 from cluster.storage import disk
 from cluster.storage.journal import Journal
+from cluster.storage.postgres import PgStore
 from cluster.storage.writes import DurableWrites
 
 logger = logging.getLogger(__name__)
@@ -118,8 +120,14 @@ class Node:
             if self.journal is None
             else DurableWrites(self.journal, self.replicator)
         )
-        # Where the HTTP faces read and write (cluster.api.data).
+        # Where the HTTP faces read and write (cluster.api.data): the mesh, or a database.
+        self.db: PgStore | None = None
         self.data: Data = MemoryData(self.kv, self.writes)
+        if config.database:
+            self.db = PgStore(
+                config.store, config.store_pool_size, rng=random.Random(self.rng.random())
+            )
+            self.data = DatabaseData(self.kv, self.db)
         self.gossip = Gossip(
             config.name,
             config.advertise,
@@ -144,6 +152,7 @@ class Node:
             peers,
             on_serving=self._open_doors,
             on_bug=self.metrics.internal_errors.inc,
+            db=self.db,
             covered=marks.covered,
             on_covered=self._keep_covered,
         )
@@ -179,6 +188,8 @@ class Node:
         HTTP port does), whether or not it joins a mesh; `_open_doors` starts accepting later.
         """
         config = self.config
+        if config.database:
+            return  # the line protocol and RESP work on the mesh's store: not in database mode yet
         if config.tcp_port != 0 and self.line_server is None:
             self.line_server = await listen(
                 self.make_line_server(), config.host, config.tcp_port, serving=False
@@ -302,6 +313,8 @@ class Node:
         """The parts that live as long as the HTTP application (aiohttp cleanup_ctx)."""
         if self.journal is not None:
             self.journal.start()
+        if self.db is not None:
+            await self._open_database(self.db)
         if self.client is not None:
             await self.client.start()
         await self.bind_doors()
@@ -317,6 +330,17 @@ class Node:
             await self.client.close()
         if self.journal is not None:
             await self.journal.close()  # last: everything above may still have written
+        if self.db is not None:
+            await self.db.close()
+
+    async def _open_database(self, db: PgStore) -> None:
+        """Connect and create the schema; a database that is not there yet is no reason to stop:
+        requests answer STORAGE_UNAVAILABLE until it is, and the pool connects then."""
+        try:
+            await db.open()
+            logger.info("node=%s data in the database at %s", self.config.name, db.where)
+        except StorageUnavailable as exc:
+            logger.error("node=%s %s", self.config.name, exc)
 
 
 def build_app(node: Node) -> web.Application:

@@ -44,6 +44,8 @@ class Config:
     join: tuple[str, ...] = option((), "comma-separated host:port of nodes already in a mesh")
     cluster_key: str | None = option(None, "shared secret authenticating gossip and replication")
     admin_token: str | None = option(None, "bearer token required by mutating /cluster/* calls")
+    store: str = option("memory", "memory (the mesh), or a postgresql:// URL: stateless nodes")
+    store_pool_size: int = option(10, "with a database store: connections in the node's pool")
     data_dir: str | None = option(None, "keep this node's replica on disk in this directory")
     fsync: str = option("everysec", "with --data-dir: always, everysec or no (Redis's appendfsync)")
     repair_data: bool = option(False, "move a damaged --data-dir copy aside and start empty")
@@ -103,6 +105,16 @@ class Config:
             )
         if self.join_timeout <= 0:
             raise ConfigError("--join-timeout must be positive")
+        if self.store != "memory" and not self.store.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(
+                f"--store must be memory or a postgresql:// URL, got {self.store.split('@')[-1]!r}"
+            )
+        if self.store != "memory" and self.data_dir:
+            raise ConfigError(
+                "--data-dir keeps a mesh's replica; with a database store it has none"
+            )
+        if self.store_pool_size < 1:
+            raise ConfigError("--store-pool-size must be at least 1")
         if self.fsync not in ("always", "everysec", "no"):
             raise ConfigError(f"--fsync must be always, everysec or no, got {self.fsync!r}")
         if self.max_clock_offset <= 0:
@@ -118,6 +130,11 @@ class Config:
         name = self.name or format_hostport(self.host, self.port)
         advertise = self.advertise or format_hostport(self.host, self.port)
         return replace(self, name=name, advertise=advertise, log_level=self.log_level.upper())
+
+    @property
+    def database(self) -> bool:
+        """Database mode: the data lives in a shared database, not in the mesh."""
+        return self.store != "memory"
 
     def gossip_params(self) -> GossipParams:
         """Membership timing from the node's options; the rest follows from the probe interval."""

@@ -34,6 +34,7 @@ from cluster.errors import (
     DecodeError,
     NoSeedReachable,
     SeedRefused,
+    StorageUnavailable,
 )
 from cluster.membership.swim import ALIVE, DEAD, LEFT, SUSPECT, Member, MemberEvent
 from cluster.membership.timeline import Timeline
@@ -41,6 +42,7 @@ from cluster.net.gossip import Gossip
 from cluster.replication.repair import RepairResult, catch_up, pull_snapshot, repair_with
 from cluster.replication.sender import Replicator
 from cluster.seeds import OwnAddress, Resolve, resolve_ips, seed_addresses
+from cluster.storage.postgres import PgStore
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ class Lifecycle:
         resolve: Resolve = resolve_ips,
         covered: int = 0,
         on_covered: Callable[[int], None] | None = None,
+        db: PgStore | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -88,6 +91,9 @@ class Lifecycle:
         # the peers published to us): what a rejoining replica can trust of its own copy.
         self.covered = covered
         self._on_covered = on_covered
+        # Database mode: the data is in the database, nothing to stream, replicate or repair;
+        # the loops keep the database's TTLs, clears and tombstones instead.
+        self.db = db
         self.last_sync: dict[str, object] | None = None  # how the last join synced, for /status
         self.timeline = Timeline()
         self.http_port = config.port
@@ -264,6 +270,9 @@ class Lifecycle:
         every peer has been joining for `join_timeout` seconds, no member holds data (a mesh
         starting all at once, or restarting whole): serve.
         """
+        if self.db is not None:
+            await self._serving()  # the database holds the data: joined is synced
+            return
         if len(self.store) == 0 and not self.store.stats().tombstones:
             self.ready = False  # empty (a fresh or restarted node): nothing to serve yet
         attempt = 0
@@ -368,6 +377,9 @@ class Lifecycle:
 
     async def expire_loop(self) -> None:
         """Reclaim expired entries in small bounded rounds (never stalls requests)."""
+        if self.db is not None:
+            await self.database_loop(self.db)
+            return
         while True:
             await asyncio.sleep(self.config.expire_interval)
             try:
@@ -375,12 +387,26 @@ class Lifecycle:
             except Exception:  # a bug must not stop TTL reclamation for good
                 self._bug("TTL reclamation")
 
+    async def database_loop(self, db: PgStore) -> None:
+        """Database mode: the database's TTLs, clears and old tombstones, in bounded batches, by
+        every node (see PgStore.housekeeping)."""
+        while True:
+            await asyncio.sleep(max(1.0, self.config.expire_interval))
+            try:
+                await db.housekeeping(self.clock.wall())
+            except StorageUnavailable:
+                continue  # the requests say so; the next round tries again
+            except Exception:  # a bug must not stop the purges for good
+                self._bug("database purge")
+
     def reclaim_expired(self) -> int:
         """One bounded round of TTL reclamation; the loop's next round continues a backlog."""
         return self.store.reclaim_expired(self.clock.wall(), budget=5000)
 
     async def tombstone_loop(self) -> None:
         """Purge tombstones every member has seen. A mesh of one has seen its own writes."""
+        if self.db is not None:
+            return  # database mode: database_loop purges them
         while True:
             await asyncio.sleep(self.config.tombstone_interval)
             if not self.ready:
@@ -410,6 +436,8 @@ class Lifecycle:
 
     async def antientropy_loop(self) -> None:
         """Every interval, compare digests with one random live peer and repair differences."""
+        if self.db is not None:
+            return  # database mode: one copy, nothing to repair
         while True:
             await asyncio.sleep(self.config.antientropy_interval)
             if not self.ready:

@@ -100,6 +100,8 @@ TOMBSTONES_BATCH = """
 DELETE FROM kv_entries WHERE k IN (SELECT k FROM kv_entries WHERE v IS NULL AND ts < $1 LIMIT $2)
 """
 
+TOMBSTONE_HORIZON = 3600.0  # seconds a tombstone is kept (database mode)
+
 # What a database that went away raises through asyncpg.
 UNREACHABLE = (
     OSError,
@@ -147,26 +149,33 @@ class PgStore:
         self.retries = retries
         self.rng = rng if rng is not None else random.Random(0)
         self._pool: asyncpg.Pool | None = None
+        self._schema = False
         self.retried = 0  # statements retried after a serialization failure
 
     # --- connection ------------------------------------------------------------------------
 
     async def open(self) -> None:
         """Create the pool and the schema (idempotent: a node never drops or rewrites data)."""
-        await self._call(self._create)
+        await self._call(self._ensure)
 
-    async def _create(self) -> None:
+    async def _ensure(self) -> asyncpg.Pool:
+        """The pool, with the schema created once (again after a database that was away)."""
         if self._pool is None:
+            # min_size 0: no connection kept up in the background, so none to restore (and log
+            # with a traceback) while the database is away; connections open as requests come.
             self._pool = await asyncpg.create_pool(
                 self.url,
-                min_size=1,
+                min_size=0,
                 max_size=self.pool_size,
                 timeout=self.timeout,
                 command_timeout=self.timeout,
             )
-        async with self._pool.acquire() as conn:
-            for statement in SCHEMA:
-                await conn.execute(statement)
+        if not self._schema:
+            async with self._pool.acquire() as conn:
+                for statement in SCHEMA:
+                    await conn.execute(statement)
+            self._schema = True
+        return self._pool
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -196,20 +205,16 @@ class PgStore:
 
     async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         async def run() -> list[asyncpg.Record]:
-            if self._pool is None:
-                await self._create()
-            assert self._pool is not None
-            rows: list[asyncpg.Record] = await self._pool.fetch(query, *args)
+            pool = await self._ensure()
+            rows: list[asyncpg.Record] = await pool.fetch(query, *args)
             return rows
 
         return await self._call(run)
 
     async def _execute(self, query: str, *args: Any) -> str:
         async def run() -> str:
-            if self._pool is None:
-                await self._create()
-            assert self._pool is not None
-            status: str = await self._pool.execute(query, *args)
+            pool = await self._ensure()
+            status: str = await pool.execute(query, *args)
             return status
 
         return await self._call(run)
@@ -285,6 +290,14 @@ class PgStore:
     async def purge_tombstones(self, below_ts: int, budget: int = 5000) -> int:
         """Delete up to `budget` tombstones stamped before `below_ts`."""
         return _affected(await self._execute(TOMBSTONES_BATCH, below_ts, budget))
+
+    async def housekeeping(self, now: float, horizon: float = TOMBSTONE_HORIZON) -> None:
+        """One bounded round: expired rows become tombstones, cleared rows go, tombstones older
+        than `horizon` seconds (far past any retried or reordered write) are purged. Every node
+        may run it at once: each statement is idempotent."""
+        await self.reclaim_expired(now)
+        await self.purge_cleared()
+        await self.purge_tombstones(int((now - horizon) * 1000) << 16)
 
 
 def _affected(status: str) -> int:

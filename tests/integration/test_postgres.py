@@ -21,6 +21,7 @@ from cluster.core.store import Mutation, Store
 from cluster.errors import StorageUnavailable
 from cluster.storage.postgres import PgStore, describe
 from loadtest import procs
+from tests.integration.inproc import Start, until
 
 NOW = 1_800_000_000.0
 
@@ -198,3 +199,46 @@ def test_the_schema_uses_only_statements_both_databases_document() -> None:
     assert verbs <= {"CREATE", "INSERT", "SELECT", "UPDATE", "DELETE"}
     assert not any("DECLARE" in s.upper() or "CURSOR" in s.upper() for s in statements)
     assert asyncpg.__version__
+
+
+# --- whole nodes in database mode ---------------------------------------------------------------
+
+
+async def test_two_stateless_nodes_over_one_database_serve_the_same_data_and_survive_its_outage(
+    start: Start, postgres: procs.Postgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    conn = await asyncpg.connect(postgres.url)
+    await conn.execute("DROP TABLE IF EXISTS kv_entries, kv_clear")
+    await conn.close()
+    a = await start("a", store=postgres.url)
+    b = await start("b", store=postgres.url, join=(a.address,))
+
+    async def both_serve() -> bool:
+        return (await a.get("/health"))[0] == 200 and (await b.get("/health"))[0] == 200
+
+    await until(both_serve)
+    assert await b.states() == {"a": "alive", "b": "alive"}  # membership still gossips
+    resp = await a.client.put("/keys/k", json={"value": "from a"})
+    assert (resp.status, resp.headers["X-Replicas"]) == (200, "1/1")
+    assert (await b.get("/keys/k"))[1]["value"] == "from a"  # written on a, read on b
+    assert a.node.replicator.sent_requests == 0  # the database is the one copy: no replication
+
+    postgres.stop("immediate")
+    try:
+        for node in (a, b):
+            status, body = await node.get("/keys/k")
+            assert (status, body["code"]) == (503, "STORAGE_UNAVAILABLE")
+            assert describe(postgres.url) in body["error"]
+            resp = await node.client.put("/keys/k", json={"value": "lost?"})
+            assert resp.status == 503
+            status, body = await node.get("/health")
+            assert (status, body["code"]) == (503, "STORAGE_UNAVAILABLE")
+    finally:
+        postgres.start()
+
+    async def recovered() -> bool:
+        status, body = await b.get("/keys/k")
+        return status == 200 and body["value"] == "from a"  # nothing acknowledged was lost
+
+    await until(recovered)
+    assert not [r for r in caplog.records if r.exc_info], "a traceback in the logs"
