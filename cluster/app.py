@@ -24,9 +24,9 @@ from cluster.api.data import Data, DatabaseData, MemoryData
 from cluster.api.http import HttpApi
 from cluster.api.internal import InternalApi
 from cluster.api.line.server import LineOptions, LineServer
+from cluster.api.listener import listen
 from cluster.api.metrics import Metrics, Reading, readings
 from cluster.api.middleware import Guard
-from cluster.api.ordered import listen
 from cluster.api.ports import Writes
 from cluster.api.resp.server import RespOptions, RespServer
 from cluster.api.router import SetGetRouter

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from cluster.api.line.framer import LineFramer
 from cluster.api.line.grammar import Command, error_reply, parse_line
 from cluster.api.line.session import Session
+from cluster.api.listener import Listener, listen
 from cluster.api.metrics import Metrics
-from cluster.api.ordered import Listener, OrderedConnection, listen
+from cluster.api.ordered import OrderedConnection
 from cluster.api.ports import Writes
 from cluster.api.reply import Reply
 from cluster.core.kv import KV

@@ -12,8 +12,9 @@ import itertools
 import logging
 from dataclasses import dataclass
 
+from cluster.api.listener import Listener, listen
 from cluster.api.metrics import Metrics
-from cluster.api.ordered import Listener, OrderedConnection, listen
+from cluster.api.ordered import OrderedConnection
 from cluster.api.ports import Writes
 from cluster.api.reply import Reply
 from cluster.api.resp import codec
