@@ -188,13 +188,17 @@ class Node:
         HTTP port does), whether or not it joins a mesh; `_open_doors` starts accepting later.
         """
         config = self.config
-        if config.database:
-            return  # the line protocol and RESP work on the mesh's store: not in database mode yet
         if config.tcp_port != 0 and self.line_server is None:
             self.line_server = await listen(
                 self.make_line_server(), config.host, config.tcp_port, serving=False
             )
-        if config.resp_port != 0 and self.resp_server is None:
+        if config.database and config.resp_port != 0 and self.resp_server is None:
+            logger.warning(
+                "node=%s RESP is not served in database mode yet: port %d stays closed",
+                config.name,
+                config.resp_port,
+            )
+        elif config.resp_port != 0 and self.resp_server is None:
             self.resp_server = await listen(
                 self.make_resp_server(), config.host, config.resp_port, serving=False
             )
@@ -231,7 +235,8 @@ class Node:
             idle_timeout=config.line_idle_timeout,
         )
         writes = writes if writes is not None else self.writes
-        return LineServer(config.name, self.kv, writes, self.metrics, options)
+        remote = self.data if config.database else None
+        return LineServer(config.name, self.kv, writes, self.metrics, options, remote)
 
     def readings(self) -> list[Reading]:
         """Every component's counters and gauges, read when /metrics is scraped."""

@@ -42,6 +42,10 @@ class Data(Protocol):
         """Tombstone a live key; None (nothing written) if it is missing."""
         ...
 
+    async def write_many(self, ops: list[tuple[str, str | None]]) -> Written:
+        """Sets (a value) and deletes (None) as one batch: one timestamp, all or nothing."""
+        ...
+
     async def clear(self) -> Written: ...
 
     async def scan(self, after: str | None, limit: int, pattern: Pattern | None) -> Page:
@@ -73,6 +77,9 @@ class MemoryData:
     async def delete(self, key: str) -> Written | None:
         batch = self.kv.delete(key)
         return None if batch is None else await self._written(batch)
+
+    async def write_many(self, ops: list[tuple[str, str | None]]) -> Written:
+        return await self._written(self.kv.write_many(ops))
 
     async def clear(self) -> Written:
         return await self._written(self.kv.clear())
@@ -114,6 +121,9 @@ class DatabaseData:
         if await self.get(key) is None:
             return None
         return await self._write([(key, None, None)])
+
+    async def write_many(self, ops: list[tuple[str, str | None]]) -> Written:
+        return await self._write([(k, v, None) for k, v in ops])
 
     async def clear(self) -> Written:
         batch = Batch(self.kv.hlc.now(), self.kv.node, clear=True)

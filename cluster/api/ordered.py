@@ -187,6 +187,9 @@ class OrderedConnection(asyncio.Protocol, Generic[Item]):
                 backlog.append(item)
                 continue
             reply = execute(item)
+            if reply.pending is not None:  # the database answers it: in order, in the task
+                self.task = self.loop.create_task(self._drain(reply))
+                continue
             batch = reply.batch
             if batch is not None:
                 if not self.writes.has_peers():
@@ -262,14 +265,16 @@ class OrderedConnection(asyncio.Protocol, Generic[Item]):
                     # with the replies that follow (the task's last step flushes them first).
                     self.flush_handle = self.loop.call_soon(self._flush_soon)
                 batch = reply.batch
-                assert batch is not None
                 try:
-                    if started is not None:
+                    if reply.pending is not None:
+                        reply = await reply.pending()
+                    elif started is not None:
                         await started
                         started = None
                     else:
+                        assert batch is not None
                         await replicate(batch)
-                except KVError as exc:  # the disk copy refused it (STORAGE_UNAVAILABLE)
+                except KVError as exc:  # the disk or the database refused it
                     self._emit(False, self.error_line(exc))
                 except Exception:
                     self._replication_failed(batch)
@@ -279,7 +284,7 @@ class OrderedConnection(asyncio.Protocol, Generic[Item]):
                 next_write = None
                 while backlog and not self.closed and not self.closing:
                     done = execute(backlog.popleft())
-                    if done.batch is not None:
+                    if done.batch is not None or done.pending is not None:
                         next_write = done
                         break
                     self._emit(done.ok, done.line)
@@ -299,10 +304,14 @@ class OrderedConnection(asyncio.Protocol, Generic[Item]):
             if self.eof or self.closing:
                 self._close()
 
-    def _replication_failed(self, batch: Batch) -> None:
-        """The write is applied here but replication raised: a bug; the client gets an Error."""
+    def _replication_failed(self, batch: Batch | None) -> None:
+        """Replication (or a database's answer) raised: a bug; the client gets an Error."""
         logger.exception(
-            "node=%s %s %s: replication of ts=%d failed", self.name, self.kind, self.peer, batch.ts
+            "node=%s %s %s: replication of ts=%s failed",
+            self.name,
+            self.kind,
+            self.peer,
+            batch.ts if batch is not None else "-",
         )
         self.metrics.internal_errors.inc()
         self._emit(False, self.error_line(Internal("replication failed; see the node's log")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
 from cluster.core.kv import Batch
@@ -11,9 +12,12 @@ class Reply(NamedTuple):
     """The bytes to send and, for a write, the batch to replicate before sending them.
 
     `close`: close the connection once this reply is written (RESP's QUIT, a protocol error).
+    `pending`: the reply is not known yet (database mode: the database answers it); the
+    connection awaits this in order and sends what it returns instead.
     """
 
     ok: bool
     line: bytes
     batch: Batch | None = None
     close: bool = False
+    pending: Callable[[], Awaitable[Reply]] | None = None

@@ -12,6 +12,7 @@ import random
 from collections.abc import AsyncIterator
 
 import asyncpg
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,7 +22,7 @@ from cluster.core.store import Mutation, Store
 from cluster.errors import StorageUnavailable
 from cluster.storage.postgres import PgStore, describe
 from loadtest import procs
-from tests.integration.inproc import Start, until
+from tests.integration.inproc import Running, Start, until
 
 NOW = 1_800_000_000.0
 
@@ -242,3 +243,71 @@ async def test_two_stateless_nodes_over_one_database_serve_the_same_data_and_sur
 
     await until(recovered)
     assert not [r for r in caplog.records if r.exc_info], "a traceback in the logs"
+
+
+SCRIPT = [
+    "PUT   a    3 * 3 = 9 ",
+    "GET a",
+    "get A",
+    "DEL a",
+    "GET a",
+    "DEL never-there",
+    "START",
+    "PUT x 1",
+    "GET x",
+    "DEL x",
+    "GET x",
+    "PUT y 2",
+    "COMMIT",
+    "GET x",
+    "GET y",
+    "COMMIT",
+    "START",
+    "PUT z 3",
+    "ROLLBACK",
+    "GET z",
+    "START",
+    "START",
+    "FROB x",
+    "PUT w 4",
+    "COMMIT",
+    "GET w",
+    "PUT",
+    "GET " + "k" * 100,
+]
+
+
+async def _transcript(node: Running, pipelined: bool) -> list[dict[str, str]]:
+    from cluster.api.line.server import start_line_server
+
+    server = await start_line_server(node.node.make_line_server(), "127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        replies = []
+        if pipelined:
+            writer.write("".join(line + "\n" for line in SCRIPT).encode())
+            replies = [orjson.loads(await reader.readline()) for _ in SCRIPT]
+        else:
+            for line in SCRIPT:
+                writer.write(line.encode() + b"\n")
+                replies.append(orjson.loads(await reader.readline()))
+        return replies
+    finally:
+        writer.close()
+        await server.close()
+
+
+@pytest.mark.parametrize("pipelined", [False, True], ids=["one-by-one", "pipelined"])
+async def test_the_line_protocol_answers_the_same_over_the_database_as_in_memory(
+    start: Start, postgres: procs.Postgres, pipelined: bool
+) -> None:
+    conn = await asyncpg.connect(postgres.url)
+    await conn.execute("DROP TABLE IF EXISTS kv_entries, kv_clear")
+    await conn.close()
+    memory = await start("memory")
+    database = await start("database", store=postgres.url)
+    expected = await _transcript(memory, pipelined)
+    assert await _transcript(database, pipelined) == expected
+    assert expected[1] == {"status": "Ok", "result": "3 * 3 = 9"}
+    assert expected[14] == {"status": "Ok", "result": "2"}  # the committed transaction
+    assert (await database.get("/keys/y"))[1]["value"] == "2"  # and it is in the database

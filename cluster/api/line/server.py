@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from cluster.api.data import Data
 from cluster.api.line.framer import LineFramer
 from cluster.api.line.grammar import Command, error_reply, parse_line
 from cluster.api.line.session import Session
@@ -45,7 +46,7 @@ class LineConnection(OrderedConnection[Item]):
         super().__init__(server)
         self.max_line = server.options.max_line
         self.framer = LineFramer(self.max_line)
-        self.session = Session(server.kv, server.options.txn_max_writes)
+        self.session = Session(server.kv, server.options.txn_max_writes, server.remote)
 
     def decode(self, data: bytes) -> list[Item]:
         lines, too_long = self.framer.feed(data)
@@ -86,7 +87,13 @@ class LineServer(Listener[LineConnection]):
     kind = "line protocol"
 
     def __init__(
-        self, name: str, kv: KV, writes: Writes, metrics: Metrics, options: LineOptions
+        self,
+        name: str,
+        kv: KV,
+        writes: Writes,
+        metrics: Metrics,
+        options: LineOptions,
+        remote: Data | None = None,
     ) -> None:
         super().__init__(
             name,
@@ -98,6 +105,7 @@ class LineServer(Listener[LineConnection]):
             commands=metrics.line_commands,
         )
         self.options = options
+        self.remote = remote  # database mode: where commands read and write
 
     def connection(self) -> LineConnection:
         return LineConnection(self)

@@ -1,4 +1,5 @@
-"""One connection's transaction state and the execution of commands against `KV`: no IO, no await.
+"""One connection's transaction state and the execution of commands against `KV`: no IO, no await
+(in database mode the database's answer comes as a pending reply the connection awaits).
 
 `execute` returns the reply and, for a write, the `Batch` the IO layer must replicate before it
 sends the reply. The transaction rules are redis `multi.c`'s: START cannot nest, COMMIT/ROLLBACK
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from cluster.api.data import Data
 from cluster.api.line.grammar import OK, Command, error_reply, ok_result
 from cluster.api.reply import Reply
 from cluster.core.kv import KV
@@ -41,11 +43,14 @@ class Session:
     ROLLBACK, so that the writes a client pipelined after the failure are not applied one by one.
     """
 
-    __slots__ = ("failed", "kv", "max_writes", "txn", "writes")
+    __slots__ = ("failed", "kv", "max_writes", "remote", "txn", "writes")
 
-    def __init__(self, kv: KV, max_writes: int) -> None:
+    def __init__(self, kv: KV, max_writes: int, remote: Data | None = None) -> None:
         self.kv = kv
         self.max_writes = max_writes
+        # Database mode: reads and writes go to the database, each answered by a pending reply
+        # (see `Reply.pending`); the transaction buffer stays here, a COMMIT is one statement.
+        self.remote = remote
         self.txn: dict[str, str | None] | None = None
         self.writes = 0  # PUT/DEL commands buffered in the open transaction
         self.failed: str | None = None
@@ -82,6 +87,9 @@ class Session:
                 if value is None:
                     raise NotFound(f"no such key: {key}")
                 return Reply(True, ok_result(value))
+            if self.remote is not None:
+                remote = self.remote
+                return Reply(True, b"", pending=lambda: _remote_get(remote, key))
             entry = kv.get(key)
             if entry is None or entry.value is None:
                 raise NotFound(f"no such key: {key}")
@@ -91,11 +99,15 @@ class Session:
             value = kv.check_value(cmd.value)
             if self.txn is not None:
                 return self._buffer(key, value)
+            if self.remote is not None:
+                return _remote_write(self.remote, [(key, value)])
             return Reply(True, OK, kv.set(key, value))
         if op == "DEL":
             key = kv.check_key(cmd.key)
             if self.txn is not None:
                 return self._buffer(key, None)
+            if self.remote is not None:
+                return _remote_write(self.remote, [(key, None)])
             return Reply(True, OK, kv.delete(key))  # no batch when the key was missing
         if op == "START":
             if self.txn is not None:
@@ -108,6 +120,8 @@ class Session:
                 raise BadRequest(f"the transaction was aborted ({failed}); nothing was applied")
             if not txn:
                 return _OK_REPLY
+            if self.remote is not None:
+                return _remote_write(self.remote, list(txn.items()))
             return Reply(True, OK, kv.write_many(txn.items()))
         # ROLLBACK
         self._end("ROLLBACK")
@@ -146,3 +160,20 @@ class Session:
     def rollback(self) -> None:
         """Drop any open transaction (the connection went away)."""
         self.txn, self.writes, self.failed = None, 0, None
+
+
+async def _remote_get(data: Data, key: str) -> Reply:
+    entry = await data.get(key)
+    if entry is None or entry.value is None:
+        raise NotFound(f"no such key: {key}")
+    return Reply(True, ok_result(entry.value))
+
+
+def _remote_write(data: Data, ops: list[tuple[str, str | None]]) -> Reply:
+    """A write the database applies (DEL of a missing key writes a tombstone there: still Ok)."""
+
+    async def write() -> Reply:
+        await data.write_many(ops)
+        return _OK_REPLY
+
+    return Reply(True, b"", pending=write)
