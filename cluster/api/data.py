@@ -15,6 +15,7 @@ from cluster.api.replies import replicate_headers
 from cluster.core.kv import KV, Batch
 from cluster.core.patterns import Pattern
 from cluster.core.store import Entry
+from cluster.errors import BadRequest
 from cluster.storage.postgres import PgStore
 
 
@@ -91,9 +92,13 @@ class MemoryData:
         return len(self.kv.store)
 
 
+NUL = "\x00"  # PostgreSQL's text cannot hold it
+
+
 class DatabaseData:
     """A database every node shares: nothing is kept or replicated here; the database is the one
-    copy, so a write is acknowledged once it holds it (`X-Replicas: 1/1`)."""
+    copy, so a write is acknowledged once it holds it (`X-Replicas: 1/1`). One difference from
+    memory mode: PostgreSQL's text cannot hold U+0000, so a key or value with it is refused."""
 
     def __init__(self, kv: KV, db: PgStore) -> None:
         self.kv = kv
@@ -103,11 +108,19 @@ class DatabaseData:
         return {"X-Replicas": "1/1", "X-Timestamp": str(batch.ts)}
 
     async def _write(self, ops: list[tuple[str, str | None, float | None]]) -> Written:
+        for key, value, _ in ops:
+            if NUL in key or (value is not None and NUL in value):
+                raise BadRequest(
+                    "the database cannot store the NUL character (U+0000) in a key or a value",
+                    "INVALID_PARAMETER",
+                )
         batch = self.kv.stamp(ops)
         await self.db.write(batch.mutations)
         return Written(batch, self._headers(batch))
 
     async def get(self, key: str) -> Entry | None:
+        if NUL in key:
+            return None  # no such key can be stored (see _write)
         return await self.db.get(key, self.kv.clock.wall())
 
     async def set(self, key: str, value: str, ttl: float | None = None) -> Written:
@@ -131,6 +144,8 @@ class DatabaseData:
         return Written(batch, self._headers(batch))
 
     async def scan(self, after: str | None, limit: int, pattern: Pattern | None) -> Page:
+        if (after is not None and NUL in after) or (pattern is not None and NUL in pattern.prefix):
+            return [], None  # no stored key holds one (see _write)
         return await self.db.scan(after, limit, self.kv.clock.wall(), pattern)
 
     async def count(self) -> int:

@@ -11,18 +11,21 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import asyncpg
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
 from cluster.app import Node
-from cluster.config import Config
 from cluster.core.clock import FakeClock
 from cluster.core.store import Mutation, Version
 from tests.conftest import MakeClient, MakeNode
 from tests.helpers import key_url
+from tests.integration.backends import (  # noqa: F401 (fixtures: every test on both backends)
+    config_on_backend,
+    make_node_on_backend,
+    on_both_backends,
+)
 
 Client = TestClient[Any, Any]
 
@@ -106,42 +109,6 @@ async def snapshot(client: Client, node: Node) -> Snapshot:
         clear = await node.db._fetch("SELECT ts, node FROM kv_clear WHERE id = 1")
         return listing["data"], [Mutation(*r) for r in rows], (clear[0][0], clear[0][1])
     return listing["data"], node.store.mutations(None, 10**9)[0], node.store.clear_version
-
-
-# Every test runs on both backends: the mesh's memory store and a PostgreSQL database.
-@pytest.fixture(params=["memory", "postgres"])
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-async def _store_url(backend: str, request: pytest.FixtureRequest) -> str:
-    """ "memory", or the session's PostgreSQL emptied for this test."""
-    if backend == "memory":
-        return "memory"
-    pg = request.getfixturevalue("postgres")
-    conn = await asyncpg.connect(pg.url)
-    try:
-        await conn.execute("DROP TABLE IF EXISTS kv_entries, kv_clear")
-    finally:
-        await conn.close()
-    return str(pg.url)
-
-
-@pytest.fixture
-async def config(backend: str, request: pytest.FixtureRequest) -> Config:
-    return Config.for_tests(store=await _store_url(backend, request))
-
-
-@pytest.fixture
-async def make_node(
-    fake_clock: FakeClock, backend: str, request: pytest.FixtureRequest
-) -> MakeNode:
-    store = await _store_url(backend, request)
-
-    def make(**overrides: Any) -> Node:
-        return Node(Config.for_tests(store=store, **overrides), clock=fake_clock)
-
-    return make
 
 
 def memory_only(node: Node, why: str) -> None:
