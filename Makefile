@@ -70,13 +70,21 @@ install-system:
 # 6379); each node's log lines are prefixed by its name; Ctrl-C stops everything.
 # PERSIST=1 make run: each node keeps its replica on disk in run/data/<node> (--data-dir, with
 # --fsync $(FSYNC)), kept across make stop and restarts; remove run/data to start empty.
+# STORE=postgres make run: database mode: a PostgreSQL server of our own in run/postgres (initdb
+# the first time, kept across runs; on 127.0.0.1:$(PG_PORT)), stopped with the mesh; every node
+# reads and writes it (--store). STORE=postgresql://USER@HOST:PORT/DB make run: a database of
+# yours instead. RESP is not served in database mode yet (the line protocol is).
 PERSIST ?=
 FSYNC ?= everysec
+STORE ?=
+PG_PORT ?= 15432
 run: install
 	$(BIN)/python -m loadtest.mesh --nodes $(N) --resp-port $(RESP_PORT) \
-	  $(if $(filter 1 yes true on,$(PERSIST)),--persist --node-arg=--fsync=$(FSYNC))
+	  $(if $(filter 1 yes true on,$(PERSIST)),--persist --node-arg=--fsync=$(FSYNC)) \
+	  $(if $(filter postgres,$(STORE)),--postgres --postgres-port $(PG_PORT),$(if $(filter-out memory,$(STORE)),--store '$(STORE)'))
 
-# Stop a `make run` left in the background (by the PID files in run/, nothing else).
+# Stop a `make run` left in the background (by the PID files in run/, nothing else; with
+# STORE=postgres also run/postgres's server, by its postmaster.pid).
 stop: $(STAMP)
 	$(BIN)/python -m loadtest.mesh --stop
 

@@ -45,7 +45,7 @@ class Config:
     cluster_key: str | None = option(None, "shared secret authenticating gossip and replication")
     admin_token: str | None = option(None, "bearer token required by mutating /cluster/* calls")
     store: str = option("memory", "memory (the mesh), or a postgresql:// URL: stateless nodes")
-    store_pool_size: int = option(10, "with a database store: connections in the node's pool")
+    store_pool_size: int = option(32, "with a database store: connections in the node's pool")
     data_dir: str | None = option(None, "keep this node's replica on disk in this directory")
     fsync: str = option("everysec", "with --data-dir: always, everysec or no (Redis's appendfsync)")
     repair_data: bool = option(False, "move a damaged --data-dir copy aside and start empty")

@@ -16,6 +16,9 @@
   each) on one node, quiet, beside 1,000 idle HTTP and 1,000 idle line-protocol connections and 5
   slowloris clients, and under a flood of garbage datagrams on the gossip port; p50/p99/max.
   (tests/e2e/test_mesh_boundary.py checks only that such clients are answered.)
+- Database: one node over a private PostgreSQL (`--store`), SET and GET with wrk, against pgbench
+  running the node's own statements with the same concurrency, and the node in memory mode
+  (loadtest/bench_database.py; about 2 min; needs PostgreSQL, which make install-system installs).
 
 Speed is never asserted in a test; this prints figures for the README.
 """
@@ -41,12 +44,14 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier
+from pathlib import Path
 from typing import Any
 
 from loadtest import procs
 
 WRK_LINE = re.compile(r"Requests/sec:\s+([\d.]+)")
 WRK_PCT = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+WRK_NON_2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
 
 
 @dataclass
@@ -54,11 +59,14 @@ class WrkResult:
     rps: float
     p50_ms: float
     p99_ms: float
+    failed: int = 0  # answers other than 2xx/3xx
 
 
-def wrk(url: str, duration: float, connections: int = 32) -> WrkResult:
+def wrk(url: str, duration: float, connections: int = 32, script: Path | None = None) -> WrkResult:
+    """wrk -t1 against `url`; `script`: a Lua script (`-s`) that makes the requests."""
+    lua = ["-s", str(script)] if script is not None else []
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", *lua, url],
         capture_output=True,
         text=True,
         check=True,
@@ -69,7 +77,13 @@ def wrk(url: str, duration: float, connections: int = 32) -> WrkResult:
     pct = {
         p: float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[u] for p, v, u in WRK_PCT.findall(out)
     }
-    return WrkResult(float(m.group(1)), pct.get("50", float("nan")), pct.get("99", float("nan")))
+    failed = WRK_NON_2XX.search(out)
+    return WrkResult(
+        float(m.group(1)),
+        pct.get("50", float("nan")),
+        pct.get("99", float("nan")),
+        int(failed.group(1)) if failed else 0,
+    )
 
 
 def median(results: list[WrkResult]) -> WrkResult:
@@ -77,6 +91,7 @@ def median(results: list[WrkResult]) -> WrkResult:
         statistics.median(r.rps for r in results),
         statistics.median(r.p50_ms for r in results),
         statistics.median(r.p99_ms for r in results),
+        sum(r.failed for r in results),
     )
 
 
@@ -536,8 +551,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        default="http,memory,line,boundary,mesh,resp,durability",
-        help="comma-separated sections: http, memory, line, boundary, mesh, resp, durability, soak",
+        default="http,memory,line,boundary,mesh,resp,durability,database",
+        help="comma-separated sections: http, memory, line, boundary, mesh, resp, durability, "
+        "database, soak",
     )
     parser.add_argument("--join-keys", type=int, default=1_000_000, help="keys a joiner streams")
     parser.add_argument(
@@ -583,6 +599,12 @@ def main(argv: list[str] | None = None) -> int:
             args.duration, args.rounds, args.durability_requests, args.keys
         )
         print("\n".join(lines), "\n", flush=True)
+    if "database" in sections:
+        from loadtest import bench_database  # imports this module: late, to avoid a cycle
+
+        print(
+            "\n".join(bench_database.bench_database(args.duration, args.rounds)), "\n", flush=True
+        )
     if "mesh" in sections:
         from loadtest import bench_mesh  # imports this module: late, to avoid a cycle
 

@@ -2,6 +2,8 @@
 
     python -m loadtest.mesh [--nodes 3] [--http-port 8080] [--tcp-port 9888]
     python -m loadtest.mesh --persist              # PERSIST=1 make run: replicas in run/data/
+    python -m loadtest.mesh --postgres             # STORE=postgres make run: database mode
+    python -m loadtest.mesh --store postgresql://USER@HOST:PORT/DB   # an existing database
     python -m loadtest.mesh --stop                 # make stop: a run left in the background
     python -m loadtest.mesh --reuse --quiet -- CMD  # run CMD against a mesh (make stress)
     python -m loadtest.mesh --render-docker-conf   # print nginx/docker.conf
@@ -23,6 +25,18 @@ With `--persist` (PERSIST=1 make run) node NAME keeps its replica on disk in RUN
 (`--data-dir`; `--data-root DIR` puts them elsewhere): a mesh stopped and started again, or a node
 killed and restarted, comes back with its data. Nothing removes those directories but you.
 
+Database mode: with `--postgres` (STORE=postgres make run) a PostgreSQL server of our own keeps
+its files in RUN_DIR/postgres (initdb the first time, as the `postgres` user when run as root; kept
+across runs like --persist's directories) and listens on 127.0.0.1:`--postgres-port` (15432); it
+is started before the nodes and stopped after them with `pg_ctl stop` (by its postmaster.pid, as
+`--stop` does for a run that was killed). Every node gets `--store` with its URL and keeps nothing
+itself; `--store URL` points the nodes at a database of your own instead. nginx is configured as
+in memory mode: a door that database mode does not serve yet (the nodes leave its port closed;
+RESP at least) keeps its stream port, which closes every connection, and the banner says which.
+In database mode each node is also a `backup` server of nginx's HTTP upstream, never marked
+failed: when every node answers 503 because the shared database is away, nginx passes on a node's
+own answer (503 STORAGE_UNAVAILABLE) instead of its HTML 502 "no live upstreams".
+
 A port already taken is reported before anything starts, with the option that moves it, and the
 exit status is 2. A node that dies while the mesh runs is reported and the others keep serving
 (`--restart` starts it again, as a compose restart policy would).
@@ -33,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -44,6 +59,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit
 
 from loadtest import procs, supervise
 from loadtest.supervise import STOP_TIMEOUT
@@ -53,6 +69,14 @@ TEMPLATE = procs.ROOT / "nginx" / "kvmesh.conf.template"
 DOCKER_CONF = procs.ROOT / "nginx" / "docker.conf"
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 SERVER_OPTIONS = "max_fails=1 fail_timeout=2s"
+# Database mode: the nodes again, as backup servers, used only while every node is marked failed.
+# A 503 from a node there means the shared database is away and every node answers the same;
+# max_fails=0 keeps the backups from being marked failed, and there are as many backup entries as
+# nginx may try (proxy_next_upstream_tries: a node listed twice if need be), because nginx that
+# still has a try left but no server to try answers its own 502 "no live upstreams" instead of
+# passing on the last node's answer.
+BACKUP_OPTIONS = "max_fails=0 backup"
+POSTGRES_PORT = 15432  # make run's PostgreSQL (STORE=postgres; PG_PORT= moves it)
 START_TIMEOUT = 30.0  # seconds for every node to answer /health with 200 (joined and synced)
 EXIT_PORT_TAKEN = 2
 COLORS = ("36", "33", "32", "35", "34", "91", "92", "93", "94", "95", "96")
@@ -85,29 +109,39 @@ def render_nginx(
     stream_module: Path | None = STREAM_MODULE,
     resp_listen: str | None = None,
     resp_nodes: Sequence[str] = (),
+    http_backups: bool = False,
 ) -> str:
     """The balancer config for these nodes, from nginx/kvmesh.conf.template.
 
     `stream_module` is loaded with `load_module` when the file exists (Debian builds the stream
     module as a separate package); None for nginx builds that have it compiled in (the official
-    image).
+    image). `http_backups` (database mode): every HTTP node again as a `backup` server that is
+    never marked failed (BACKUP_OPTIONS), so that when all of them answer 503 (the shared database
+    is away) the client gets a node's answer, not nginx's 502 "no live upstreams".
     """
     load = ""
     if stream_module is not None and stream_module.exists():
         load = f"load_module {stream_module};"
 
-    def servers(addresses: Sequence[str]) -> str:
-        return "\n".join(f"        server {a} {SERVER_OPTIONS};" for a in addresses)
+    def servers(addresses: Sequence[str], options: str = SERVER_OPTIONS) -> str:
+        return "\n".join(f"        server {a} {options};" for a in addresses)
+
+    text = TEMPLATE.read_text()
+    http_servers = servers(http_nodes)
+    if http_backups and len(http_nodes) > 1:  # nginx never marks a single server failed
+        found = re.search(r"proxy_next_upstream_tries (\d+);", text)
+        tries = int(found.group(1)) if found else len(http_nodes)
+        backups = [http_nodes[i % len(http_nodes)] for i in range(max(tries, len(http_nodes)))]
+        http_servers += "\n" + servers(backups, BACKUP_OPTIONS)
 
     resp = ""
     if resp_listen is not None:
         resp = RESP_STREAM.format(servers=servers(resp_nodes), listen=resp_listen)
-    text = TEMPLATE.read_text()
     for placeholder, value in {
         "{{RESP_STREAM}}": resp,
         "{{LOAD_STREAM_MODULE}}": load,
         "{{WORKERS}}": workers,
-        "{{HTTP_SERVERS}}": servers(http_nodes),
+        "{{HTTP_SERVERS}}": http_servers,
         "{{TCP_SERVERS}}": servers(tcp_nodes),
         "{{HTTP_LISTEN}}": http_listen,
         "{{TCP_LISTEN}}": tcp_listen,
@@ -164,6 +198,22 @@ class Plan:
     def url(self) -> str:
         return f"http://{self.host}:{self.http_port}"
 
+    @property
+    def store(self) -> str | None:
+        """The database the nodes keep their data in (node.py --store), or None: the mesh."""
+        store = None
+        for i, arg in enumerate(self.node_args):
+            if arg == "--store" and i + 1 < len(self.node_args):
+                store = self.node_args[i + 1]
+            elif arg.startswith("--store="):
+                store = arg.split("=", 1)[1]
+        return None if store in (None, "memory") else store
+
+    @property
+    def database(self) -> bool:
+        """Database mode: stateless nodes over one shared database (node.py --store)."""
+        return self.store is not None
+
     def data_dir(self, spec: NodeSpec) -> Path | None:
         return None if self.data_root is None else self.data_root / spec.name
 
@@ -196,6 +246,7 @@ class Plan:
             [f"{self.host}:{n.tcp_port}" for n in self.nodes],
             resp_listen=f"{self.host}:{self.resp_port}",
             resp_nodes=[f"{self.host}:{n.resp_port}" for n in self.nodes],
+            http_backups=self.database,
         )
 
     def ports(self) -> list[tuple[int, str, str]]:
@@ -315,7 +366,20 @@ def stop_recorded(run_dir: Path, timeout: float = STOP_TIMEOUT) -> list[str]:
         for pid_file, pid in group:
             if not _is_ours(pid, pid_file):
                 pid_file.unlink(missing_ok=True)
+    pg = recorded_postgres(run_dir)  # --postgres: the runner stops it, unless it was killed
+    if pg is not None and pg.running():
+        pid = pg.pid_file.read_text().split("\n", 1)[0].strip()
+        pg.stop()
+        stopped.append(f"postgres (PID {pid})")
     return stopped
+
+
+def recorded_postgres(run_dir: Path) -> procs.Postgres | None:
+    """The PostgreSQL server of RUN_DIR/postgres (--postgres), if it left a postmaster.pid."""
+    base = run_dir / "postgres"
+    if procs.postgres_bindir() is None or not (base / "data" / "postmaster.pid").exists():
+        return None
+    return procs.postgres_in(base, POSTGRES_PORT, durable=True)
 
 
 def running_runner(run_dir: Path) -> int | None:
@@ -368,7 +432,9 @@ class Mesh:
     stopping: threading.Event = field(default_factory=threading.Event)
     out: IO[str] = field(default_factory=lambda: sys.stdout)
     children: dict[str, Child] = field(default_factory=dict)
+    postgres: procs.Postgres | None = None  # --postgres: started first, stopped last
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _postgres_started: bool = False
 
     # Output ---------------------------------------------------------------------------------------
 
@@ -402,6 +468,19 @@ class Mesh:
             pid_file=self.run_dir / f"{child.name}.pid",
         )
         child.reported = False
+
+    def start_postgres(self) -> None:
+        """--postgres: initdb into its directory the first time, then pg_ctl start (waits until
+        it accepts connections)."""
+        pg = self.postgres
+        if pg is None:
+            return
+        if not pg.initialized():
+            self.say(f"mesh: creating a PostgreSQL cluster in {pg.base / 'data'} (initdb)")
+        pg.create()
+        self.say(f"mesh: starting PostgreSQL on 127.0.0.1:{pg.port} (log: {pg.log})")
+        pg.start()
+        self._postgres_started = True
 
     def respawn(self, name: str) -> None:
         """Start a child again with the same command (the same name and ports)."""
@@ -502,25 +581,58 @@ class Mesh:
             )
         for child in self.children.values():
             (self.run_dir / f"{child.name}.pid").unlink(missing_ok=True)
+        if self.postgres is not None and self._postgres_started:
+            self.say("mesh: stopping PostgreSQL (pg_ctl stop)")
+            self.postgres.stop()
+            self._postgres_started = False
+
+    def _node_ports_open(self, port: Callable[[NodeSpec], int]) -> bool:
+        """Does any node accept connections on this port of its own?"""
+        for spec in self.plan.nodes:
+            try:
+                socket.create_connection((self.plan.host, port(spec)), timeout=0.5).close()
+            except OSError:
+                continue
+            return True
+        return False
 
     def banner(self) -> str:
         p = self.plan
         nodes = ", ".join(f"{n.name} {p.host}:{n.port}" for n in p.nodes)
         logs = f"  logs           {self.run_dir}/*.log\n" if self.quiet else ""
         data = f"  data           {p.data_root}/<node> (kept on disk)\n" if p.data_root else ""
+        line = (
+            f"{p.host}:{p.tcp_port}   (try: printf 'GET hello\\n' | nc -q1 {p.host} {p.tcp_port})"
+        )
+        resp = f"{p.host}:{p.resp_port}   (try: redis-cli -p {p.resp_port} GET hello)"
+        if p.store is not None:
+            where = describe_store(p.store)
+            if self.postgres is not None:
+                where += f" (PostgreSQL in {self.postgres.base}, log {self.postgres.log})"
+            data = f"  database       {where}: every node reads and writes it\n"
+            # Which doors database mode serves yet: whether the nodes opened their ports.
+            closed = "not served in database mode yet ({} closes every connection)"
+            if not self._node_ports_open(lambda n: n.tcp_port):
+                line = closed.format(f"{p.host}:{p.tcp_port}")
+            if not self._node_ports_open(lambda n: n.resp_port):
+                resp = closed.format(f"{p.host}:{p.resp_port}")
         return (
             f"\nkvmesh: {len(p.nodes)} node(s) behind nginx\n"
             f"  HTTP           {p.url}   (try: curl '{p.url}/set?k=hello&v=world')\n"
-            f"  line protocol  {p.host}:{p.tcp_port}   (try: printf 'GET hello\\n' | "
-            f"nc -q1 {p.host} {p.tcp_port})\n"
-            f"  RESP (Redis)   {p.host}:{p.resp_port}   "
-            f"(try: redis-cli -p {p.resp_port} GET hello)\n"
+            f"  line protocol  {line}\n"
+            f"  RESP (Redis)   {resp}\n"
             f"  nodes          {nodes}\n"
             f"  members        {p.url}/cluster/members\n"
             f"{data}"
             f"{logs}"
             "  Ctrl-C (or make stop) stops everything.\n"
         )
+
+
+def describe_store(url: str) -> str:
+    """A database URL as the banner shows it: host:port/name, never the user or password."""
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or '/'}"
 
 
 # --- the command line -----------------------------------------------------------------------------
@@ -555,6 +667,22 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument(
         "--data-root", type=Path, help="like --persist, in DATA_ROOT/NAME instead of RUN_DIR/data"
     )
+    p.add_argument(
+        "--store",
+        help="database mode: every node keeps its data in this postgresql:// URL (node.py --store)",
+    )
+    p.add_argument(
+        "--postgres",
+        action="store_true",
+        help="database mode over a PostgreSQL server of our own, its files in RUN_DIR/postgres "
+        "(kept across runs), started before the nodes and stopped after them",
+    )
+    p.add_argument(
+        "--postgres-port",
+        type=int,
+        default=POSTGRES_PORT,
+        help=f"--postgres: its port on 127.0.0.1 [{POSTGRES_PORT}]",
+    )
     p.add_argument("--restart", action="store_true", help="restart a node that exits")
     p.add_argument("--quiet", action="store_true", help="node logs to RUN_DIR/NAME.log")
     p.add_argument(
@@ -567,6 +695,10 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     args = p.parse_args(argv)
     if args.nodes < 1:
         p.error("--nodes must be at least 1")
+    if args.postgres and args.store:
+        p.error("--postgres starts a database of its own; --store names another: choose one")
+    if (args.postgres or args.store) and (args.persist or args.data_root):
+        p.error("in database mode the nodes keep nothing: no --persist or --data-root")
     return args, command
 
 
@@ -580,6 +712,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         stopped = stop_recorded(run_dir) if run_dir.exists() else []
         print(f"stopped: {', '.join(stopped)}" if stopped else "nothing to stop")
         return 0
+    postgres = None
+    node_args = list(args.node_arg)
+    if args.postgres:
+        try:
+            postgres = procs.postgres_in(run_dir / "postgres", args.postgres_port, durable=True)
+        except RuntimeError as exc:
+            print(f"mesh: {exc}", file=sys.stderr)
+            return 1
+        node_args += ["--store", postgres.url]
+    elif args.store:
+        node_args += ["--store", args.store]
     plan = make_plan(
         args.nodes,
         args.host,
@@ -587,7 +730,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.tcp_port,
         args.node_port_base,
         args.node_tcp_base,
-        args.node_arg,
+        node_args,
         args.resp_port,
         args.node_resp_base,
         data_root(args, run_dir),
@@ -603,11 +746,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command and args.reuse and is_kvmesh(plan.url):
             print(f"mesh: using the kvmesh already answering on {plan.url}", flush=True)
             return _run_command(command, plan, stopping)
-        problem = _cannot_start(plan, run_dir)
+        problem = _cannot_start(plan, run_dir, postgres)
         if problem:
             print(problem, file=sys.stderr)
             return EXIT_PORT_TAKEN
-        mesh = Mesh(plan, run_dir, quiet=args.quiet, restart=args.restart, stopping=stopping)
+        mesh = Mesh(
+            plan,
+            run_dir,
+            quiet=args.quiet,
+            restart=args.restart,
+            stopping=stopping,
+            postgres=postgres,
+        )
         with supervise.pid_file(run_dir / "mesh.pid"):
             return _run_mesh(mesh, command, received)
 
@@ -621,7 +771,7 @@ def data_root(args: argparse.Namespace, run_dir: Path) -> Path | None:
     return run_dir / "data" if args.persist else None
 
 
-def _cannot_start(plan: Plan, run_dir: Path) -> str | None:
+def _cannot_start(plan: Plan, run_dir: Path, postgres: procs.Postgres | None = None) -> str | None:
     """Why this plan cannot start here (a sentence for the user), or None."""
     if procs.nginx_binary() is None:
         return (
@@ -639,6 +789,11 @@ def _cannot_start(plan: Plan, run_dir: Path) -> str | None:
     if leftovers:
         print(f"mesh: stopped leftovers of an earlier run: {', '.join(leftovers)}")
     problems = taken_ports(plan)
+    if postgres is not None and port_taken("127.0.0.1", postgres.port, "tcp"):
+        problems.append(
+            f"tcp port {postgres.port} on 127.0.0.1, for PostgreSQL (--postgres-port, "
+            "PG_PORT= for make run), is already in use"
+        )
     if problems:
         return (
             "mesh: cannot start, ports are taken:\n  "
@@ -652,6 +807,7 @@ def _cannot_start(plan: Plan, run_dir: Path) -> str | None:
 def _run_mesh(mesh: Mesh, command: list[str], received: list[int]) -> int:
     status = 0
     try:
+        mesh.start_postgres()
         mesh.start_nodes()
         mesh.wait_nodes()
         mesh.start_nginx()

@@ -239,16 +239,28 @@ def postgres_bindir() -> Path | None:
 
 @dataclass
 class Postgres:
-    """A private PostgreSQL server of our own: its own data directory, port and socket."""
+    """A private PostgreSQL server of our own: its own data directory, port and socket.
+
+    `durable` False (tests, benchmarks): fsync and full-page writes off, as nothing in it has to
+    survive the machine; True (`make run`'s database in run/postgres): PostgreSQL's defaults."""
 
     base: Path
     port: int
     bindir: Path
     user: str | None  # the system user the server runs as (postgres when we are root)
+    durable: bool = False
 
     @property
     def url(self) -> str:
         return f"postgresql://kvmesh@127.0.0.1:{self.port}/postgres"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.base / "data" / "postmaster.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.base / "log"
 
     def _run(self, *cmd: str) -> subprocess.CompletedProcess[bytes]:
         full = [str(self.bindir / cmd[0]), *cmd[1:]]
@@ -256,41 +268,61 @@ class Postgres:
             full = ["runuser", "-u", self.user, "--", *full]
         return subprocess.run(full, capture_output=True, check=False, stdin=subprocess.DEVNULL)
 
-    def start(self) -> None:
-        opts = (
-            f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 "
-            "-c fsync=off -c full_page_writes=off -c max_connections=200"
-        )
+    def initialized(self) -> bool:
+        return (self.base / "data" / "PG_VERSION").exists()
+
+    def create(self) -> bool:
+        """initdb into BASE/data unless a cluster is there already (True if it made one):
+        superuser `kvmesh`, trust on local connections. As root the server runs as the
+        `postgres` user (PostgreSQL refuses to run as root), which then owns BASE."""
+        self.base.mkdir(parents=True, exist_ok=True)
+        if self.user is not None:
+            shutil.chown(self.base, self.user)
+        if self.initialized():
+            return False
         done = self._run(
-            "pg_ctl", "-D", str(self.base / "data"), "-o", opts, "-l", str(self.base / "log"),
+            "initdb", "-D", str(self.base / "data"), "-U", "kvmesh", "-A", "trust",
+            "-E", "UTF8", "--locale", "C", *([] if self.durable else ["--no-sync"]),
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"initdb failed: {done.stderr.decode()}")
+        return True
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        if not self.durable:
+            opts += " -c fsync=off -c full_page_writes=off"
+        done = self._run(
+            "pg_ctl", "-D", str(self.base / "data"), "-o", opts, "-l", str(self.log),
             "-w", "-t", "60", "start",
         )  # fmt: skip
         if done.returncode != 0:
-            log = (self.base / "log").read_text(errors="replace")[-2000:]
+            log = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
             raise RuntimeError(f"PostgreSQL did not start: {done.stderr.decode()}\n{log}")
 
     def stop(self, mode: str = "fast") -> None:
         """pg_ctl stop: signals the server's PID (from its postmaster.pid) and waits."""
         self._run("pg_ctl", "-D", str(self.base / "data"), "-m", mode, "-w", "-t", "60", "stop")
 
+    def running(self) -> bool:
+        """Does the server of BASE/data run (pg_ctl status, by its postmaster.pid)?"""
+        return self._run("pg_ctl", "-D", str(self.base / "data"), "status").returncode == 0
 
-def start_postgres() -> Postgres:
-    """initdb into a fresh temporary directory and start the server on a free port (as the
-    `postgres` user when we are root: PostgreSQL refuses to run as root)."""
+
+def postgres_in(base: Path, port: int, durable: bool = False) -> Postgres:
+    """The PostgreSQL server whose files are (or will be) in `base`, on `port`: nothing is
+    created or started yet (`create`, then `start`)."""
     bindir = postgres_bindir()
     if bindir is None:
         raise RuntimeError("PostgreSQL is not installed (make install-system installs it)")
-    base = Path(tempfile.mkdtemp(prefix="kvpg-"))
     user = "postgres" if os.geteuid() == 0 else None
-    if user is not None:
-        shutil.chown(base, user)
-    pg = Postgres(base, free_port(), bindir, user)
-    done = pg._run(
-        "initdb", "-D", str(base / "data"), "-U", "kvmesh", "-A", "trust", "--no-sync",
-        "-E", "UTF8", "--locale", "C",
-    )  # fmt: skip
-    if done.returncode != 0:
-        raise RuntimeError(f"initdb failed: {done.stderr.decode()}")
+    return Postgres(base, port, bindir, user, durable)
+
+
+def start_postgres() -> Postgres:
+    """initdb into a fresh temporary directory and start the server on a free port."""
+    pg = postgres_in(Path(tempfile.mkdtemp(prefix="kvpg-")), free_port())
+    pg.create()
     pg.start()
     return pg
 

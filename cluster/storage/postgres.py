@@ -113,6 +113,13 @@ UNREACHABLE = (
     asyncpg.CrashShutdownError,
 )
 RETRIED = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)  # 40001, 40P01
+# Another node created the schema at the same moment (23505 on the catalog, 42P07, 42710).
+CREATED_MEANWHILE = (
+    asyncpg.UniqueViolationError,
+    asyncpg.DuplicateTableError,
+    asyncpg.DuplicateObjectError,
+)
+SCHEMA_ATTEMPTS = 5
 
 
 def describe(url: str) -> str:
@@ -136,7 +143,7 @@ class PgStore:
     def __init__(
         self,
         url: str,
-        pool_size: int = 10,
+        pool_size: int = 32,
         *,
         timeout: float = 5.0,
         retries: int = 8,
@@ -165,6 +172,7 @@ class PgStore:
             # with a traceback) while the database is away; connections open as requests come.
             self._pool = await asyncpg.create_pool(
                 self.url,
+                reset=_keep_session,
                 min_size=0,
                 max_size=self.pool_size,
                 timeout=self.timeout,
@@ -172,8 +180,17 @@ class PgStore:
             )
         if not self._schema:
             async with self._pool.acquire() as conn:
-                for statement in SCHEMA:
-                    await conn.execute(statement)
+                for attempt in range(SCHEMA_ATTEMPTS):
+                    try:
+                        for statement in SCHEMA:
+                            await conn.execute(statement)
+                        break
+                    except CREATED_MEANWHILE:
+                        # Nodes starting together on a new database: `IF NOT EXISTS` is not safe
+                        # against a concurrent create, and the loser fails on the catalog's
+                        # unique index. The table exists now; the next attempt sees it.
+                        if attempt == SCHEMA_ATTEMPTS - 1:
+                            raise
             self._schema = True
         return self._pool
 
@@ -298,6 +315,12 @@ class PgStore:
         await self.reclaim_expired(now)
         await self.purge_cleared()
         await self.purge_tombstones(int((now - horizon) * 1000) << 16)
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A connection back in the pool is not reset (asyncpg's default costs a round trip a
+    request): this module leaves no session state behind, no SET, LISTEN, lock or open
+    transaction, since every statement stands alone."""
 
 
 def _affected(status: str) -> int:

@@ -45,14 +45,13 @@ need_compose = pytest.mark.skipif(
 need_nginx = pytest.mark.skipif(procs.nginx_binary() is None, reason="nginx is not installed")
 
 
-@pytest.fixture(scope="module")
-def config() -> dict[str, Any]:
-    """`docker-compose config` (validated, normalised), read as data by the YAML library of the
-    interpreter docker-compose itself runs on (Debian's package brings python3-yaml)."""
+def compose_config(*options: str) -> dict[str, Any]:
+    """`docker-compose [OPTIONS] config` (validated, normalised), read as data by the YAML library
+    of the interpreter docker-compose itself runs on (Debian's package brings python3-yaml)."""
     if COMPOSE is None:
         pytest.skip("docker-compose is not installed (Debian package docker-compose)")
     result = subprocess.run(
-        [COMPOSE, "-f", str(procs.ROOT / "docker-compose.yml"), "config"],
+        [COMPOSE, "-f", str(procs.ROOT / "docker-compose.yml"), *options, "config"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -74,6 +73,11 @@ def config() -> dict[str, Any]:
     return data
 
 
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    return compose_config()
+
+
 def unescape(value: str) -> str:
     """What a container receives: compose turns `$$` into `$` (config keeps it escaped)."""
     return value.replace("$$", "$")
@@ -81,7 +85,8 @@ def unescape(value: str) -> str:
 
 @need_compose
 def test_the_compose_file_is_valid_and_complete(config: dict[str, Any]) -> None:
-    services = config["services"]
+    # docker-compose 1.29's `config` lists every service; `up` starts those without a profile.
+    services = {k: v for k, v in config["services"].items() if not v.get("profiles")}
     assert set(services) == {"node", "nginx", "locust", "locust-worker"}
     node = services["node"]
     assert node["deploy"]["replicas"] == 3
@@ -104,6 +109,52 @@ def test_the_compose_file_is_valid_and_complete(config: dict[str, Any]) -> None:
     dockerfile = (procs.ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.M)
     assert "pip install -c requirements.lock ." in dockerfile  # the locked versions
+
+
+CRDB = ["crdb1", "crdb2", "crdb3"]
+
+
+@need_compose
+def test_the_cockroach_profile_is_valid_and_complete() -> None:
+    """`docker compose --profile cockroach up`: a 3-node CockroachDB cluster, initialised once,
+    and three stateless nodes over it behind an nginx of their own, all on a network of their own
+    where the nodes answer to `node` (nginx/docker.conf's upstreams)."""
+    services = compose_config("--profile", "cockroach")["services"]
+    profile = {k for k, v in services.items() if v.get("profiles") == ["cockroach"]}
+    assert profile == {*CRDB, "crdb-init", "node-crdb", "nginx-crdb"}
+    for name in CRDB:
+        crdb = services[name]
+        assert crdb["image"].startswith("cockroachdb/cockroach:v")
+        assert crdb["command"] == (
+            f"start --insecure --join={','.join(CRDB)} --advertise-addr={name}"
+        )
+        assert any(v.endswith(":/cockroach/cockroach-data:rw") for v in crdb["volumes"])
+        assert set(crdb["networks"]) == {"crdb"}
+    init = services["crdb-init"]
+    assert init["image"] == services["crdb1"]["image"]
+    assert "cockroach init --insecure --host=crdb1:26257" in init["command"][0]
+    assert set(init["depends_on"]) == set(CRDB)
+    node = services["node-crdb"]
+    memory_node = services["node"]
+    assert node["command"] == memory_node["command"]  # the same discovery and start
+    assert node["healthcheck"] == memory_node["healthcheck"]
+    assert node["image"] == memory_node["image"]
+    assert node["deploy"]["replicas"] == 3
+    env = node["environment"]
+    assert env["KV_STORE"] == "postgresql://root@crdb1:26257/defaultdb?sslmode=disable"
+    assert env["KV_SERVICE"] == "node"
+    assert "KV_DATA_ROOT" not in env  # stateless: --data-dir is refused with --store
+    assert "volumes" not in node
+    assert node["networks"] == {"crdb": {"aliases": ["node"]}}
+    assert node["depends_on"]["crdb-init"]["condition"] == "service_completed_successfully"
+    nginx = services["nginx-crdb"]
+    assert nginx["volumes"] == services["nginx"]["volumes"]  # docker.conf as it is
+    assert set(nginx["networks"]) == {"crdb"}
+    assert nginx["depends_on"]["node-crdb"]["condition"] == "service_healthy"
+    assert {p.split(":", 1)[1] for p in nginx["ports"]} == {"8081:8080/tcp", "9889:9888/tcp"}
+    # The memory mesh is untouched by the profile: not on the network crdb, its ports its own.
+    assert "networks" not in memory_node
+    assert "networks" not in services["nginx"]
 
 
 def test_docker_conf_is_the_template_rendered() -> None:
