@@ -35,6 +35,10 @@ class Data(Protocol):
 
     async def get(self, key: str) -> Entry | None: ...
 
+    async def get_many(self, keys: list[str]) -> dict[str, Entry]:
+        """The live entries of `keys`, read at one moment (missing ones left out)."""
+        ...
+
     async def set(self, key: str, value: str, ttl: float | None = None) -> Written: ...
 
     async def set_many(self, pairs: dict[str, str], ttl: float | None = None) -> Written: ...
@@ -68,6 +72,9 @@ class MemoryData:
 
     async def get(self, key: str) -> Entry | None:
         return self.kv.get(key)
+
+    async def get_many(self, keys: list[str]) -> dict[str, Entry]:
+        return {k: e for k in keys if (e := self.kv.get(k)) is not None}
 
     async def set(self, key: str, value: str, ttl: float | None = None) -> Written:
         return await self._written(self.kv.set(key, value, ttl))
@@ -122,6 +129,9 @@ class DatabaseData:
         if NUL in key:
             return None  # no such key can be stored (see _write)
         return await self.db.get(key, self.kv.clock.wall())
+
+    async def get_many(self, keys: list[str]) -> dict[str, Entry]:
+        return await self.db.get_many([k for k in keys if NUL not in k], self.kv.clock.wall())
 
     async def set(self, key: str, value: str, ttl: float | None = None) -> Written:
         return await self._write([(key, value, self.kv.expiry(ttl))])

@@ -265,8 +265,11 @@ class OrderedConnection(asyncio.Protocol, Generic[Item]):
                     # with the replies that follow (the task's last step flushes them first).
                     self.flush_handle = self.loop.call_soon(self._flush_soon)
                 batch = reply.batch
+                carried: Reply | None = None
                 try:
-                    if reply.pending is not None:
+                    if reply.read is not None:
+                        reply, carried = await self._read_group(reply)
+                    elif reply.pending is not None:
                         reply = await reply.pending()
                     elif started is not None:
                         await started
@@ -282,8 +285,10 @@ class OrderedConnection(asyncio.Protocol, Generic[Item]):
                     self._emit(reply.ok, reply.line)
                     self.closing = self.closing or reply.close
                 next_write = None
-                while backlog and not self.closed and not self.closing:
-                    done = execute(backlog.popleft())
+                while (carried is not None or backlog) and not self.closed and not self.closing:
+                    done, carried = (
+                        (carried, None) if carried else (execute(backlog.popleft()), None)
+                    )
                     if done.batch is not None or done.pending is not None:
                         next_write = done
                         break
@@ -303,6 +308,29 @@ class OrderedConnection(asyncio.Protocol, Generic[Item]):
             self._update_reading()
             if self.eof or self.closing:
                 self._close()
+
+    async def _read_group(self, first: Reply) -> tuple[Reply, Reply | None]:
+        """Database mode: the reads queued one after another are read in one statement, as the
+        memory store answers one chunk's reads in one step, so that none of them sees part of a
+        transaction committed meanwhile. Emits every reply of the group but the last, which it
+        returns, with the first reply after the group that is not a read (to run next)."""
+        group = [first]
+        after = None
+        while self.backlog and not self.closed and not self.closing:
+            done = self.execute(self.backlog.popleft())
+            if done.read is None:
+                after = done
+                break
+            group.append(done)
+        replies = await self.read_many(group)
+        for r in replies[:-1]:
+            self._emit(r.ok, r.line)
+        return replies[-1], after
+
+    async def read_many(self, group: list[Reply]) -> list[Reply]:
+        """The replies of a group of reads (`Reply.read`); a protocol that can read them in one
+        statement overrides this."""
+        return [await r.pending() for r in group if r.pending is not None]
 
     def _replication_failed(self, batch: Batch | None) -> None:
         """Replication (or a database's answer) raised: a bug; the client gets an Error."""

@@ -13,7 +13,8 @@ class Reply(NamedTuple):
 
     `close`: close the connection once this reply is written (RESP's QUIT, a protocol error).
     `pending`: the reply is not known yet (database mode: the database answers it); the
-    connection awaits this in order and sends what it returns instead.
+    connection awaits this in order and sends what it returns instead; `read`, for a plain read
+    of one key, lets the connection read a run of them in one statement.
     """
 
     ok: bool
@@ -21,3 +22,4 @@ class Reply(NamedTuple):
     batch: Batch | None = None
     close: bool = False
     pending: Callable[[], Awaitable[Reply]] | None = None
+    read: str | None = None  # database mode: the key this pending reply reads (see read_many)

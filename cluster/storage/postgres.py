@@ -85,6 +85,10 @@ _SCAN = (
 )
 SCAN = _SCAN.format(upper="")
 SCAN_PREFIX = _SCAN.format(upper="AND e.k < $5 ")
+GET_MANY = (
+    "SELECT e.k, e.v, e.ts, e.node, e.expires FROM kv_entries AS e, kv_clear AS c "
+    f"WHERE e.k = ANY($1::text[]) AND {VISIBLE}"
+)
 COUNT = f"SELECT count(*) FROM kv_entries AS e, kv_clear AS c WHERE {VISIBLE} AND {LIVE}"
 CLEAR = "UPDATE kv_clear SET ts = $1, node = $2 WHERE id = 1 AND (ts, node) < ($1, $2)"
 CLEARED_BATCH = """
@@ -247,6 +251,15 @@ class PgStore:
         if v is None or (expires is not None and expires <= now):
             return None
         return Entry(v, ts, node, expires)
+
+    async def get_many(self, keys: list[str], now: float) -> dict[str, Entry]:
+        """The live entries of `keys` read in one statement (one snapshot: no part of a batch
+        committed meanwhile); missing, deleted or expired keys are left out."""
+        out = {}
+        for k, v, ts, node, expires in await self._fetch(GET_MANY, keys):
+            if v is not None and (expires is None or expires > now):
+                out[k] = Entry(v, ts, node, expires)
+        return out
 
     async def scan(
         self, after: str | None, limit: int, now: float, pattern: Pattern | None = None

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import orjson
 import pytest
 import uvloop
@@ -30,6 +31,7 @@ from cluster.app import Node, build_app
 from cluster.config import Config
 from cluster.core.clock import FakeClock
 from cluster.core.kv import Batch
+from loadtest import procs
 from loadtest.procs import free_port
 
 OK = {"status": "Ok"}
@@ -136,10 +138,13 @@ async def serving(node: Node | None = None, **overrides: Any) -> AsyncIterator[E
         for client in env.clients:
             await client.close()
         await server.close(grace=1.0)
+        if node.db is not None:
+            await node.db.close()
 
 
-def stored(node: Node, key: str) -> str | None:
-    entry = node.kv.get(key)
+async def stored(node: Node, key: str) -> str | None:
+    """What the node reads for `key` (from its store, or the database in database mode)."""
+    entry = await node.data.get(key)
     return None if entry is None else entry.value
 
 
@@ -224,8 +229,8 @@ async def scenario_every_command(env: Env) -> None:
     client = await env.connect()
     for line, expected in CONVERSATION:
         assert await client.call(line) == expected, line
-    assert stored(env.node, "t1") == "one"
-    assert stored(env.node, "b") is None
+    assert await stored(env.node, "t1") == "one"
+    assert await stored(env.node, "b") is None
     errors = sum(1 for _, e in CONVERSATION if e["status"] == "Error")
     assert count(env.node, "error") == errors
     assert count(env.node, "ok") == len(CONVERSATION) - errors
@@ -288,7 +293,7 @@ async def scenario_invalid_utf8(env: Env) -> None:
     replies = await client.replies(4)
     assert [r["status"] for r in replies] == ["Error", "Error", "Error", "Ok"]
     assert all("not valid UTF-8" in r["mesg"] for r in replies[:3])
-    assert stored(env.node, "k") == "fine"
+    assert await stored(env.node, "k") == "fine"
 
 
 async def scenario_concurrent_connections(env: Env) -> None:
@@ -301,7 +306,7 @@ async def scenario_concurrent_connections(env: Env) -> None:
         assert await client.call(f"GET d{i}") == result(str(i))
 
     await asyncio.gather(*(one(i) for i in range(300)))
-    assert len(env.node.store) == 600
+    assert await env.node.data.count() == 600
     assert len(env.server.connections) == 300
 
 
@@ -355,7 +360,7 @@ async def scenario_constant_sum(env: Env) -> None:
 
     await asyncio.gather(writers(), *(reader() for _ in range(4)))
     assert snapshots > 0
-    final = [stored(env.node, k) for k in keys]
+    final = [await stored(env.node, k) for k in keys]
     assert sum(int(v or 0) for v in final) == total * len(pairs)
 
 
@@ -417,6 +422,18 @@ async def test_scenario(scenario: Callable[[Env], Awaitable[None]], write_mode: 
         await scenario(env)
 
 
+@BY_NAME
+async def test_scenario_over_postgresql(
+    scenario: Callable[[Env], Awaitable[None]], postgres: procs.Postgres
+) -> None:
+    """The same scenarios in database mode: every command answered by PostgreSQL."""
+    conn = await asyncpg.connect(postgres.url)
+    await conn.execute("DROP TABLE IF EXISTS kv_entries, kv_clear")
+    await conn.close()
+    async with serving(store=postgres.url) as env:
+        await scenario(env)
+
+
 @WRITE_MODES
 @BY_NAME
 def test_scenario_on_uvloop(scenario: Callable[[Env], Awaitable[None]], write_mode: str) -> None:
@@ -454,7 +471,7 @@ async def test_overlong_line_in_pieces_keeps_memory_bounded(chunk: int) -> None:
         commit = await client.reply()  # the over-long line doomed the open transaction
         assert commit["status"] == "Error"
         assert "nothing was applied" in commit["mesg"]
-        assert stored(env.node, "y") is None
+        assert await stored(env.node, "y") is None
 
 
 async def test_line_exactly_at_the_limit_is_accepted() -> None:
@@ -501,7 +518,7 @@ async def test_idle_client_is_told_and_closed() -> None:
         assert (await busy.reply())["status"] == "Error"  # idle too, a bit later
         assert await busy.at_eof()
         await asyncio.wait_for(env.server.all_closed.wait(), 5)
-        assert stored(env.node, "p") is None  # its transaction was rolled back
+        assert await stored(env.node, "p") is None  # its transaction was rolled back
 
 
 async def test_activity_postpones_the_idle_timeout() -> None:
@@ -554,7 +571,7 @@ async def test_replies_wait_for_replication_and_stay_in_order(write_mode: str) -
         await client.send("GET before", "PUT a 1", "GET a", "START", "PUT b 2", "COMMIT", "GET b")
         assert await client.reply() == {"status": "Error", "mesg": "no such key: before"}
         await asyncio.wait_for(node.entered.wait(), 5)
-        assert stored(node, "a") == "1"  # applied here, not yet acknowledged
+        assert await stored(node, "a") == "1"  # applied here, not yet acknowledged
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(client.reader.readline(), 0.05)
         assert len(env.connection().backlog) == 5  # the read behind the write waits too
@@ -596,9 +613,9 @@ async def test_a_client_that_drops_during_replication_does_not_stop_it(write_mod
         node.gate.set()
         await task
         assert not env.server.orphans
-        assert stored(node, "a") == "1"
-        assert stored(node, "b") == "2"
-        assert stored(node, "c") is None  # queued behind the pending write: dropped with it
+        assert await stored(node, "a") == "1"
+        assert await stored(node, "b") == "2"
+        assert await stored(node, "c") is None  # queued behind the pending write: dropped with it
         assert len(node.batches) == 1
 
 
@@ -616,7 +633,7 @@ async def test_a_client_that_half_closes_during_replication_gets_every_reply(
         node.gate.set()
         assert await client.replies(3) == [OK, result("1"), OK]
         assert await client.at_eof()
-        assert stored(node, "c") == "3"
+        assert await stored(node, "c") == "3"
 
 
 @WRITE_MODES

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from cluster.api.data import Data
 from cluster.api.line.framer import LineFramer
 from cluster.api.line.grammar import Command, error_reply, parse_line
-from cluster.api.line.session import Session
+from cluster.api.line.session import Session, read_many
 from cluster.api.listener import Listener, listen
 from cluster.api.metrics import Metrics
 from cluster.api.ordered import OrderedConnection
@@ -72,6 +72,15 @@ class LineConnection(OrderedConnection[Item]):
             )
         self.session.rollback()
         self.framer.reset()
+
+    async def read_many(self, group: list[Reply]) -> list[Reply]:
+        remote = self.session.remote
+        if remote is None:
+            return await super().read_many(group)
+        try:
+            return await read_many(remote, [r.read or "" for r in group])
+        except KVError as exc:  # the database is away: each read answers the error
+            return [Reply(False, self.error_line(exc))] * len(group)
 
     def error_line(self, exc: KVError) -> bytes:
         return error_reply(exc)

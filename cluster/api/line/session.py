@@ -89,7 +89,7 @@ class Session:
                 return Reply(True, ok_result(value))
             if self.remote is not None:
                 remote = self.remote
-                return Reply(True, b"", pending=lambda: _remote_get(remote, key))
+                return Reply(True, b"", pending=lambda: _remote_get(remote, key), read=key)
             entry = kv.get(key)
             if entry is None or entry.value is None:
                 raise NotFound(f"no such key: {key}")
@@ -177,3 +177,14 @@ def _remote_write(data: Data, ops: list[tuple[str, str | None]]) -> Reply:
         return _OK_REPLY
 
     return Reply(True, b"", pending=write)
+
+
+async def read_many(data: Data, keys: list[str]) -> list[Reply]:
+    """GETs of a run of keys, read in one statement (see OrderedConnection.read_many)."""
+    found = await data.get_many(keys)
+    return [
+        Reply(True, ok_result(found[k].value or ""))
+        if k in found
+        else Reply(False, error_reply(NotFound(f"no such key: {k}")))
+        for k in keys
+    ]
