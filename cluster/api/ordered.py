@@ -286,9 +286,10 @@ class OrderedConnection(asyncio.Protocol, Generic[Item]):
                     self.closing = self.closing or reply.close
                 next_write = None
                 while (carried is not None or backlog) and not self.closed and not self.closing:
-                    done, carried = (
-                        (carried, None) if carried else (execute(backlog.popleft()), None)
-                    )
+                    if carried is not None:  # the first reply after a group of reads
+                        done, carried = carried, None
+                    else:
+                        done = execute(backlog.popleft())
                     if done.batch is not None or done.pending is not None:
                         next_write = done
                         break
@@ -330,7 +331,11 @@ class OrderedConnection(asyncio.Protocol, Generic[Item]):
     async def read_many(self, group: list[Reply]) -> list[Reply]:
         """The replies of a group of reads (`Reply.read`); a protocol that can read them in one
         statement overrides this."""
-        return [await r.pending() for r in group if r.pending is not None]
+        replies = []
+        for r in group:
+            assert r.pending is not None  # a read's reply is always pending
+            replies.append(await r.pending())
+        return replies
 
     def _replication_failed(self, batch: Batch | None) -> None:
         """Replication (or a database's answer) raised: a bug; the client gets an Error."""

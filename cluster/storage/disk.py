@@ -98,7 +98,8 @@ def torn_tail(wal: Path, valid_frames: int) -> tuple[int, int] | None:
     return end, len(rest)
 
 
-def _marks(conn: sqlite3.Connection) -> Marks:
+def marks_of(conn: sqlite3.Connection) -> Marks:
+    """What the disk copy says beside its entries (Marks() for a new one)."""
     meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
     return Marks(
         (int(meta.get("clear_ts", 0)), str(meta.get("clear_node", ""))),
@@ -142,7 +143,7 @@ def load(directory: Path, fsync: str, store: Store, repair: bool = False) -> sql
     conn: sqlite3.Connection | None = None
     try:
         conn = connect(directory, fsync)
-        marks = _marks(conn)
+        marks = marks_of(conn)
         started = time.monotonic()
         count = store.restore(_rows(conn), marks.clear, marks.purged_below, marks.purged_max)
         busy, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -176,10 +177,6 @@ def _move_aside(directory: Path, fsync: str, store: Store) -> sqlite3.Connection
             logger.warning("moved %s aside to %s", f, f.name + suffix)
     store.reset()  # whatever was read before the damage: the peers give it all again
     return connect(directory, fsync)
-
-
-def marks_of(conn: sqlite3.Connection) -> Marks:
-    return _marks(conn)
 
 
 def file_bytes(directory: Path) -> int:

@@ -225,20 +225,20 @@ class PgStore:
                 ) from None
 
     async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        async def run() -> list[asyncpg.Record]:
-            pool = await self._ensure()
-            rows: list[asyncpg.Record] = await pool.fetch(query, *args)
-            return rows
-
-        return await self._call(run)
+        rows: list[asyncpg.Record] = await self._call(
+            lambda: self._on_pool(lambda pool: pool.fetch(query, *args))
+        )
+        return rows
 
     async def _execute(self, query: str, *args: Any) -> str:
-        async def run() -> str:
-            pool = await self._ensure()
-            status: str = await pool.execute(query, *args)
-            return status
+        status: str = await self._call(
+            lambda: self._on_pool(lambda pool: pool.execute(query, *args))
+        )
+        return status
 
-        return await self._call(run)
+    async def _on_pool(self, work: Callable[[asyncpg.Pool], Awaitable[Any]]) -> Any:
+        """`work` on the pool, made (with the schema) first if it is not yet."""
+        return await work(await self._ensure())
 
     # --- reads -----------------------------------------------------------------------------
 
