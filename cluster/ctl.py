@@ -145,7 +145,7 @@ def _node_row(n: dict[str, Any]) -> list[str]:
     r = n["last_repair"]
     repair = "none"
     if r is not None:
-        repair = f"{_clock(r['at'])} with {r['peer']}: {r['buckets']} buckets, "
+        repair = f"{_clock(r['at'])} with {r['peer']}: {r['leaves']} leaves, "
         repair += f"sent {r['sent']}, got {r['received']}, applied {r['applied']}"
     return [
         n["name"] if n["ready"] else f"{n['name']} (joining)",

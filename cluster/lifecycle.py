@@ -8,7 +8,7 @@ node serves clients and keeps its replica healthy:
   log), then sync: stream a snapshot from a live peer that serves, then serve;
 - membership events start and stop replication to each peer;
 - loops: TTL reclamation, tombstone purging (only once every member holds a tombstone), and
-  anti-entropy with a random live peer.
+  anti-entropy with a random live peer (and at once with a peer back from the dead).
 
 Everything reaches peers through the transports the root gave the parts, so the data-plane
 simulation runs this module unchanged on a virtual clock.
@@ -98,7 +98,7 @@ class Lifecycle:
         self.timeline = Timeline()
         self.http_port = config.port
         self._join_task: asyncio.Task[None] | None = None
-        self._loops: list[asyncio.Task[None]] = []
+        self._loops: list[asyncio.Future[object]] = []
         self._serving_started = False
         gossip.add_listener(self.on_member_event)
 
@@ -154,19 +154,21 @@ class Lifecycle:
         if event.new_state in (ALIVE, SUSPECT):
             # A suspect may be alive: keep its queue going until it is declared dead.
             self.replicator.peer_up(event.name, event.address)
+            if event.old_state == DEAD:  # back (a healed partition): repair now, not by chance
+                self._spawn(self.repair_once(event.name))
         elif event.new_state == DEAD:
             self._spawn(self.replicator.peer_down(event.name))
         else:  # left, removed or forgotten: it no longer holds back tombstone purging
             self._spawn(self.replicator.peer_down(event.name, forget=True))
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
+    def _spawn(self, coro: Awaitable[object]) -> None:
         task = asyncio.ensure_future(coro)
         self._loops.append(task)
         task.add_done_callback(self._forget)
 
-    def _forget(self, task: asyncio.Task[None] | asyncio.Future[None]) -> None:
+    def _forget(self, task: asyncio.Future[object]) -> None:
         with contextlib.suppress(ValueError):
-            self._loops.remove(task)  # type: ignore[arg-type]
+            self._loops.remove(task)
 
     # --- start and stop --------------------------------------------------------------------------
 
@@ -448,8 +450,11 @@ class Lifecycle:
             except Exception:  # a bug must not stop anti-entropy for good
                 self._bug("anti-entropy round")
 
-    async def repair_once(self) -> RepairResult | None:
+    async def repair_once(self, peer: str | None = None) -> RepairResult | None:
+        """One anti-entropy round, with `peer` or a random live one."""
         links = list(self.replicator.links.values())
+        if peer is not None:
+            links = [link for link in links if link.name == peer]
         if not links:
             return None
         link = self.rng.choice(links)
@@ -476,18 +481,14 @@ class Lifecycle:
             self.last_repair = {
                 "at": self.clock.wall(),
                 "peer": link.name,
-                "buckets": result.differing,
+                "leaves": result.differing,
                 "sent": result.sent,
                 "received": result.received,
                 "applied": result.applied,
+                "bytes": result.bytes,
             }
             logger.info(
-                "node=%s peer=%s anti-entropy: %d buckets differed, sent %d, got %d, applied %d",
-                self.name,
-                link.name,
-                result.differing,
-                result.sent,
-                result.received,
-                result.applied,
+                "node=%s peer=%s anti-entropy (%d requests): %s",
+                *(self.name, link.name, result.requests, self.last_repair),
             )
         return result

@@ -551,9 +551,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        default="http,memory,line,boundary,mesh,resp,durability,database",
-        help="comma-separated sections: http, memory, line, boundary, mesh, resp, durability, "
-        "database, soak",
+        default="http,memory,line,boundary,mesh,repair,resp,durability,database",
+        help="comma-separated sections: http, memory, line, boundary, mesh, repair, resp, "
+        "durability, database, soak",
     )
     parser.add_argument("--join-keys", type=int, default=1_000_000, help="keys a joiner streams")
     parser.add_argument(
@@ -615,6 +615,10 @@ def main(argv: list[str] | None = None) -> int:
             bench_mesh.bench_join(args.join_keys),
         ):
             print("\n".join(section), "\n", flush=True)
+    if "repair" in sections:
+        from loadtest import bench_repair  # imports this module: late, to avoid a cycle
+
+        print("\n".join(bench_repair.bench_repair(args.join_keys)), "\n", flush=True)
     if "soak" in sections:
         from loadtest import bench_mesh
 

@@ -19,8 +19,12 @@ Model
   decides the watermark.
 
 Invariants
-- The data is sharded into DIGEST_BUCKETS dicts by `bucket_of(key)`, so anti-entropy reads a
-  bucket's entries directly, in one step (no await: a repaired transaction appears whole).
+- The data is sharded into DIGEST_BUCKETS dicts by `bucket_of(key)`, the hash tree's bucket
+  level (digests.py), so anti-entropy reads a leaf's entries from one bucket, in one step (no
+  await: a repaired transaction appears whole).
+- `_digests` and `_leaves` are the XOR of the version hashes of the entries under each bucket
+  and leaf; `_leaf_seq` (`_bucket_seq`) holds the change count `_seq` of each leaf's (bucket's)
+  last change.
 - `self._keys` (sorted) and `self._fresh` together hold exactly the stored keys, tombstones
   included, each in one of them; `self._count` is their number. New keys wait in `_fresh` (a set:
   adding is constant time, where a sorted insert costs microseconds on every write and on each
@@ -31,116 +35,27 @@ Invariants
 
 from __future__ import annotations
 
-import functools
 import gc
 import heapq
 import sys
 import zlib
+from array import array
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import NamedTuple, Protocol
 
 from sortedcontainers import SortedList
 
+from cluster.core.digests import (
+    DIGEST_BUCKETS,
+    LEAF_MASK,
+    bucket_of,
+    key_crc,
+    mixed_hash,
+    new_leaves,
+)
+from cluster.core.entries import ZERO, ChangeSink, Entry, Mutation, StoreStats, Version
 from cluster.core.patterns import Pattern
 
-Version = tuple[int, str]
-ZERO: Version = (0, "")
-
-# Anti-entropy digests: keys fall into DIGEST_BUCKETS buckets by a stable hash of the key (the same
-# on every node and across restarts, unlike hash()); a bucket's digest is the XOR of its entries'
-# 64-bit version hashes, kept up to date on every write, so comparing two replicas costs
-# DIGEST_BUCKETS numbers and only differing buckets are exchanged.
-DIGEST_BUCKETS = 1024
-
-
-def bucket_of(key: str) -> int:
-    return zlib.crc32(key.encode("utf-8", "surrogatepass")) & (DIGEST_BUCKETS - 1)
-
-
-def version_hash(key: str, ts: int, node: str) -> int:
-    """A 63-bit hash of one stored version (key, ts, node); the value is implied by the version."""
-    return _version_hash(zlib.crc32(key.encode("utf-8", "surrogatepass")), ts, node)
-
-
-_MULT = 0x9E3779B97F4A7C15  # odd: multiplying by it is a bijection on 64-bit integers
-_MASK64 = (1 << 64) - 1
-
-
-@functools.lru_cache(maxsize=4096)
-def _node_crc(node: str) -> int:
-    return zlib.crc32(node.encode("utf-8", "surrogatepass"))
-
-
-def _version_hash(key_crc: int, ts: int, node: str) -> int:
-    """Mix (key, node) checksums with the timestamp through a multiplicative hash.
-
-    On the write path of every request, so it reuses the key's CRC that picks the bucket: a
-    third of the cost of a cryptographic hash. It only has to make accidental cancellation of
-    differences in a bucket's XOR unlikely; the mix is a bijection of its 64-bit input, so two
-    versions of one key (different ts or node) never hash alike. 63 bits: digests travel as JSON
-    integers, exact below 2**63 everywhere.
-    """
-    return (((key_crc << 32 | _node_crc(node)) ^ ts) * _MULT & _MASK64) >> 1
-
-
-class Entry:
-    """One stored version of a key. Slots keep it at 64 bytes: no per-entry dict."""
-
-    __slots__ = ("expires", "node", "ts", "value")
-
-    def __init__(self, value: str | None, ts: int, node: str, expires: float | None) -> None:
-        self.value = value
-        self.ts = ts
-        self.node = node
-        self.expires = expires
-
-    @property
-    def version(self) -> Version:
-        return (self.ts, self.node)
-
-    def live(self, now: float) -> bool:
-        return self.value is not None and (self.expires is None or self.expires > now)
-
-    def __repr__(self) -> str:
-        return f"Entry({self.value!r}, ts={self.ts}, node={self.node!r}, expires={self.expires})"
-
-
-class Mutation(NamedTuple):
-    """One key's write as it travels (replication, snapshots, transactions). value None = delete.
-
-    A NamedTuple rather than a frozen dataclass: one is built for every write on the hot path,
-    and a tuple is built several times faster; it is just as immutable.
-    """
-
-    key: str
-    value: str | None
-    ts: int
-    node: str
-    expires: float | None = None
-
-
-class ChangeSink(Protocol):
-    """Where every change that wins in the store is also sent (a node's disk copy,
-    `cluster.storage`): called in the same step as the change, in the order they happen."""
-
-    def put(self, key: str, value: str | None, ts: int, node: str, expires: float | None) -> None:
-        """An entry (a value, or a tombstone when `value` is None) won."""
-
-    def clear(self, ts: int, node: str) -> None:
-        """The range tombstone moved to (ts, node): every entry at or below it is gone."""
-
-    def dropped(self, keys: list[str], purged_below: int, purged_max: int) -> None:
-        """Entries were forgotten (purged tombstones, or dropped to resync); the purge marks."""
-
-
-@dataclass(frozen=True, slots=True)
-class StoreStats:
-    keys: int  # stored keys that are not tombstones (expired ones count until reclaimed)
-    tombstones: int
-    expiring: int  # entries with a TTL still pending reclamation
-    clear_ts: int
-    refused_stale: int  # writes older than purged tombstones (duplicates, replays)
+__all__ = ["ZERO", "ChangeSink", "Entry", "Mutation", "Store", "StoreStats", "Version"]
 
 
 class Store:
@@ -162,7 +77,13 @@ class Store:
         # The newest timestamp of a tombstone purged here: a replica that has not seen every
         # write up to it may hold a key deleted by it (see Lifecycle.sync).
         self.purged_max = 0
+        # The hash tree's two kept levels (cluster/core/digests.py), and when each leaf last
+        # changed: `_seq` counts changes, so a repair round can tell what moved while it ran.
         self._digests: list[int] = [0] * DIGEST_BUCKETS
+        self._leaves = new_leaves()
+        self._leaf_seq = new_leaves()
+        self._bucket_seq = array("Q", bytes(8 * DIGEST_BUCKETS))  # the newest of its leaves'
+        self._seq = 0
         self.sink: ChangeSink | None = None
         self.restored_max_ts = 0  # the newest timestamp `restore` brought back
 
@@ -292,14 +213,40 @@ class Store:
         """The per-bucket digests (a copy): equal lists mean equal stored versions, whp."""
         return list(self._digests)
 
-    def entries_in_buckets(self, buckets: Iterable[int]) -> list[Mutation]:
-        """Every stored entry (tombstones included) in `buckets`, read in one step: cost is the
-        size of those buckets, not of the data set."""
-        return [
-            Mutation(k, e.value, e.ts, e.node, e.expires)
-            for b in buckets
-            for k, e in self._buckets[b].items()
-        ]
+    def tree(self) -> tuple[list[int], array[int]]:
+        """The hash tree's kept levels, (buckets, leaves): to read in the same step, not keep."""
+        return self._digests, self._leaves
+
+    @property
+    def seq(self) -> int:
+        """How many changes the tree has seen: `changed_leaves(seq)` later names what moved."""
+        return self._seq
+
+    def changed_leaves(self, since: int) -> list[int]:
+        """The leaves changed after the tree's change count was `since`."""
+        if since >= self._seq:
+            return []
+        leaf_seq = self._leaf_seq
+        return sorted(
+            leaf
+            for bucket, seq in enumerate(self._bucket_seq)
+            if seq > since
+            for leaf in range(bucket, len(leaf_seq), DIGEST_BUCKETS)
+            if leaf_seq[leaf] > since
+        )
+
+    def leaf_entries(self, leaves: Iterable[int]) -> dict[int, list[Mutation]]:
+        """Every stored entry (tombstones included) in `leaves`, by leaf, read in one step: the
+        cost is the size of the buckets that hold them, not of the data set."""
+        wanted = set(leaves)
+        out: dict[int, list[Mutation]] = {}
+        crc32 = zlib.crc32
+        for b in sorted({leaf & (DIGEST_BUCKETS - 1) for leaf in wanted}):
+            for k, e in self._buckets[b].items():
+                leaf = crc32(k.encode("utf-8", "surrogatepass")) & LEAF_MASK
+                if leaf in wanted:
+                    out.setdefault(leaf, []).append(Mutation(k, e.value, e.ts, e.node, e.expires))
+        return out
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -320,16 +267,21 @@ class Store:
         bucket = key_crc & (DIGEST_BUCKETS - 1)
         data = self._buckets[bucket]
         old = data.get(key)
+        change = mixed_hash(key_crc, ts, node)
         if old is not None:
             if ts < old.ts or (ts == old.ts and node <= old.node):
                 return False  # an equal or newer version is already here
             if old.value is None and value is not None:
                 self._tombstones.discard(key)
-            self._digests[bucket] ^= _version_hash(key_crc, old.ts, old.node)
+            change ^= mixed_hash(key_crc, old.ts, old.node)
         else:
             self._fresh.add(key)
             self._count += 1
-        self._digests[bucket] ^= _version_hash(key_crc, ts, node)
+        self._digests[bucket] ^= change
+        leaf = key_crc & LEAF_MASK
+        self._leaves[leaf] ^= change
+        self._seq += 1
+        self._leaf_seq[leaf] = self._bucket_seq[bucket] = self._seq
         if value is None:
             self._tombstones.add(key)
         data[key] = Entry(value, ts, sys.intern(node), expires)
@@ -356,6 +308,10 @@ class Store:
             self.sink.clear(ts, node)
         survivors = {k: e for k, e in self.stored_items() if (e.ts, e.node) > version}
         self._digests = [0] * DIGEST_BUCKETS
+        self._leaves = new_leaves()
+        self._seq += 1
+        self._leaf_seq = array("Q", [self._seq]) * len(self._leaves)  # every leaf changed
+        self._bucket_seq = array("Q", [self._seq]) * DIGEST_BUCKETS
         self._buckets = [{} for _ in range(DIGEST_BUCKETS)]
         self._count = len(survivors)
         if not survivors:
@@ -365,9 +321,8 @@ class Store:
             self._expiry_heap = []
             return True
         for k, e in survivors.items():
-            b = bucket_of(k)
-            self._buckets[b][k] = e
-            self._digests[b] ^= version_hash(k, e.ts, e.node)
+            self._buckets[bucket_of(k)][k] = e
+            self._toggle(k, e)
         self._keys = SortedList(survivors)
         self._fresh = set()
         self._tombstones = {k for k, e in survivors.items() if e.value is None}
@@ -424,9 +379,7 @@ class Store:
 
     def _forget(self, keys: list[str]) -> None:
         for key in keys:
-            bucket = bucket_of(key)
-            entry = self._buckets[bucket].pop(key)
-            self._digests[bucket] ^= version_hash(key, entry.ts, entry.node)
+            self._toggle(key, self._buckets[bucket_of(key)].pop(key))
             self._count -= 1
             if key in self._fresh:
                 self._fresh.discard(key)
@@ -435,6 +388,15 @@ class Store:
             self._tombstones.discard(key)
         if self.sink is not None and (keys or self._purged_below):
             self.sink.dropped(keys, self._purged_below, self.purged_max)
+
+    def _toggle(self, key: str, entry: Entry) -> None:
+        """Add `entry`'s version to the tree's hashes, or take it out (XOR both ways)."""
+        crc = key_crc(key)
+        change = mixed_hash(crc, entry.ts, entry.node)
+        self._digests[crc & (DIGEST_BUCKETS - 1)] ^= change
+        self._leaves[crc & LEAF_MASK] ^= change
+        self._seq += 1
+        self._leaf_seq[crc & LEAF_MASK] = self._bucket_seq[crc & (DIGEST_BUCKETS - 1)] = self._seq
 
     # --- restoring a copy -------------------------------------------------------------------
 
@@ -458,7 +420,7 @@ class Store:
         """
         if self._count or self._clear != ZERO:
             raise ValueError("restore needs an empty store")
-        buckets, digests = self._buckets, self._digests
+        buckets, digests, leaves = self._buckets, self._digests, self._leaves
         tombstones, heap = self._tombstones, self._expiry_heap
         intern = sys.intern
         keys: list[str] = []
@@ -472,7 +434,9 @@ class Store:
                 b = key_crc & (DIGEST_BUCKETS - 1)
                 node = intern(node)
                 buckets[b][key] = Entry(value, ts, node, expires)
-                digests[b] ^= _version_hash(key_crc, ts, node)
+                change = mixed_hash(key_crc, ts, node)
+                digests[b] ^= change
+                leaves[key_crc & LEAF_MASK] ^= change
                 if value is None:
                     tombstones.add(key)
                 elif expires is not None:

@@ -26,7 +26,7 @@ from cluster.core.store import Store
 from cluster.errors import BadRequest, DecodeError, NotFound, Unauthorized, Unavailable
 from cluster.net import auth
 from cluster.net.gossip import PUSH_PULL_ROUTE, Gossip
-from cluster.replication import antientropy, wire
+from cluster.replication import antientropy, merkle, wire
 from cluster.replication.sender import Replicator
 
 logger = logging.getLogger(__name__)
@@ -95,8 +95,16 @@ class PeerService:
             return self._replicate(request.body)
         if route == ("GET", antientropy.DIGESTS_PATH):
             return self._digests(query)
-        if route == ("POST", antientropy.EXCHANGE_PATH):
-            return self._exchange(request.body)
+        if route == ("POST", merkle.DESCEND_PATH):
+            return self._repair(merkle.descend_reply, request.body)
+        if route == ("POST", merkle.RECONCILE_PATH):
+            return self._repair(
+                lambda store, body: merkle.reconcile_reply(store, self.hlc, body), request.body
+            )
+        if route == ("POST", merkle.GIVE_PATH):
+            return self._repair(
+                lambda store, body: merkle.give_reply(store, self.hlc, body), request.body
+            )
         if route == ("GET", antientropy.SNAPSHOT_PATH):
             return self._snapshot(query)
         if route == ("GET", STATUS_PATH):
@@ -156,10 +164,10 @@ class PeerService:
             self.replicator.note_peer_stable(sender, int(stable))
         return antientropy.digests_reply(self.store, self.replicator.stable())
 
-    def _exchange(self, body: bytes) -> bytes:
+    def _repair(self, answer: Callable[[Store, bytes], bytes], body: bytes) -> bytes:
         self._refuse_while_joining()
         try:
-            return antientropy.exchange_reply(self.store, self.hlc, body)
+            return answer(self.store, body)
         except DecodeError as exc:
             raise self._malformed(exc) from None
 

@@ -1,17 +1,17 @@
 """Anti-entropy and snapshots, the pure half: digests, the difference, the merge, the pages.
 
-- Repair: every interval a node compares its per-bucket digests (store.py) with a random peer's.
-  Only the buckets that differ are exchanged, both ways, through the store's one merge, so the
-  bytes sent are proportional to the difference, not to the data set. The store keeps each
-  bucket's entries apart, so reading a differing bucket costs its size, not the data set's.
+- Repair: every interval a node compares its hash tree (core/digests.py) with a random peer's,
+  from the root down to the few keys that differ, and both send each other what the other lacks
+  through the store's one merge (merkle.py), so the bytes sent follow the difference, not the
+  data set.
 - Snapshot: a joining or restarted node pages through a peer's entries (tombstones and the range
   tombstone included) in key order. It applies live replication meanwhile: the merge is
   commutative, so applying a live write before or after the snapshot chunk that holds an older
   version of the key gives the same result; no buffering is needed.
 
-The peer side of both (`digests_reply`, `exchange_reply`, `snapshot_reply`) and the merges live
-here; the requesting side, which talks to a peer, is `repair.py`. Entries travel as
-`[key, value|null, ts, node, expires|null]`.
+The first step of a repair (`digests_reply`), the snapshot pages (`snapshot_reply`) and the merges
+live here, the descent in merkle.py; the requesting side, which talks to a peer, is `repair.py`.
+Entries travel as `[key, value|null, ts, node, expires|null]`.
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ from typing import Any
 import orjson
 
 from cluster.core.cursor import encode_cursor
+from cluster.core.digests import node_hash
 from cluster.core.hlc import HybridClock
-from cluster.core.store import DIGEST_BUCKETS, Mutation, Store, Version
+from cluster.core.store import Mutation, Store, Version
 from cluster.errors import ClockSkewError, DecodeError
 
 logger = logging.getLogger(__name__)
 
 DIGESTS_PATH = "/internal/ae/digests"
-EXCHANGE_PATH = "/internal/ae/exchange"
 SNAPSHOT_PATH = "/internal/snapshot"
 
 
@@ -119,60 +119,24 @@ def merge_clear(store: Store, hlc: HybridClock, clear: Version) -> bool:
     return store.apply_clear(*clear)
 
 
-def diff_buckets(mine: list[int], theirs: object) -> list[int]:
-    if not isinstance(theirs, list) or len(theirs) != DIGEST_BUCKETS:
-        raise DecodeError(f"digests must be a list of {DIGEST_BUCKETS} integers")
-    return [i for i, (a, b) in enumerate(zip(mine, theirs, strict=True)) if a != b]
-
-
 # --- the two sides of a repair round ------------------------------------------------------------
 
 
 def digests_reply(store: Store, stable: int = 0) -> bytes:
-    """Answer to GET /internal/ae/digests (with our stable timestamp, for tombstone purging)."""
+    """Answer to GET /internal/ae/digests, a repair round's first step (merkle.py): the root of
+    our hash tree and its change count, our range tombstone, and our stable timestamp and the
+    newest tombstone we purged (for tombstone purging and for catching up)."""
     ts, node = store.clear_version
+    buckets, leaves = store.tree()
     return orjson.dumps(
         {
             "clear": [ts, node],
-            "digests": store.digests(),
+            "root": node_hash(buckets, leaves, 0, 0),
+            "seq": store.seq,
             "stable": stable,
             "purged_max": store.purged_max,
         }
     )
-
-
-def exchange_reply(store: Store, hlc: HybridClock, body: bytes) -> bytes:
-    """Answer to POST /internal/ae/exchange: our entries in the buckets that differ, then merge
-    theirs.
-
-    The requester chose its buckets by comparing its digests with ours as they were when it
-    fetched them; writes may have reached us since. A transaction that arrived meanwhile has its
-    keys in several buckets, some maybe not chosen: sending only the chosen ones would hand over
-    part of it. So the requester sends its digests too (taken when it read its entries), and we
-    add every bucket that differs from ours *now*: whatever we send is a whole transaction.
-    """
-    try:
-        msg = orjson.loads(body)
-        if not isinstance(msg, dict):
-            raise DecodeError("exchange body must be an object")
-        buckets = msg["buckets"]
-        if not isinstance(buckets, list) or not all(
-            isinstance(b, int) and 0 <= b < DIGEST_BUCKETS for b in buckets
-        ):
-            raise DecodeError("bad bucket list")
-        theirs = decode_entries(msg["entries"])
-        clear = decode_clear(msg["clear"])
-        their_digests = msg.get("digests")
-    except (orjson.JSONDecodeError, KeyError) as exc:
-        raise DecodeError(f"malformed exchange: {exc}") from None
-    # Read ours and merge theirs in one step (no await): a repaired transaction appears whole.
-    if their_digests is not None:
-        buckets = sorted(set(buckets) | set(diff_buckets(store.digests(), their_digests)))
-    mine = store.entries_in_buckets(buckets)
-    merge_clear(store, hlc, clear)
-    _, refused = merge_entries(store, hlc, theirs)
-    ts, node = store.clear_version
-    return orjson.dumps({"clear": [ts, node], "entries": encode_entries(mine), "refused": refused})
 
 
 # --- snapshots ----------------------------------------------------------------------------------

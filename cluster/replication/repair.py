@@ -10,18 +10,17 @@ from urllib.parse import quote
 
 import orjson
 
+from cluster.core.digests import LEAF_LEVEL
 from cluster.core.hlc import HybridClock
 from cluster.core.ports import PeerTransport
 from cluster.core.store import Store
 from cluster.errors import ClockSkewError, DecodeError
+from cluster.replication import merkle
 from cluster.replication.antientropy import (
     DIGESTS_PATH,
-    EXCHANGE_PATH,
     SNAPSHOT_PATH,
     checked_entries,
     decode_clear,
-    decode_entries,
-    diff_buckets,
     encode_entries,
     loads,
     merge_clear,
@@ -33,12 +32,36 @@ MERGE_SLICE = 1000  # snapshot entries merged between two yields to the event lo
 
 @dataclass(frozen=True, slots=True)
 class RepairResult:
-    differing: int  # buckets that differed
+    differing: int  # leaves of the hash tree that differed (or changed while the round ran)
     sent: int  # entries we sent
     received: int  # entries the peer sent
     applied: int  # of those, how many won here
     complete: bool  # both sides now hold everything the other sent (nothing refused for skew)
     peer_stable: int | None = None  # the stable timestamp the peer published
+    bytes: int = 0  # request and reply bodies of the round, both ways
+    requests: int = 0
+
+
+class _Counting:
+    """The peer transport, counting the bodies a round sends and receives."""
+
+    def __init__(self, client: PeerTransport, address: str, within: float) -> None:
+        self.client, self.address, self.within = client, address, within
+        self.bytes = 0
+        self.requests = 0
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> bytes:
+        reply = await self.client.request(method, self.address, path, body, self.within)
+        self.bytes += len(body) + len(reply)
+        self.requests += 1
+        return reply
+
+
+def _int_field(raw: dict[str, Any], name: str) -> int:
+    value = raw.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise DecodeError(f"digests reply without a valid {name}")
+    return value
 
 
 async def repair_with(
@@ -50,46 +73,61 @@ async def repair_with(
     me: str = "",
     stable: int = 0,
 ) -> RepairResult:
-    """One anti-entropy round with the peer at `address` (raises PeerError or DecodeError).
+    """One anti-entropy round with the peer at `address` (raises PeerError or DecodeError): the
+    hash-tree descent of merkle.py, then each side sends what the other lacks.
 
     `me` and `stable` publish our stable timestamp to the peer (see replication.py).
     """
-    path = f"{DIGESTS_PATH}?from={quote(me, safe='')}&stable={stable}"
-    raw = loads(await client.request("GET", address, path, within=within))
+    peer = _Counting(client, address, within)
+    raw = loads(
+        await peer.request("GET", f"{DIGESTS_PATH}?from={quote(me, safe='')}&stable={stable}")
+    )
     if not isinstance(raw, dict):
         raise DecodeError("digests reply must be an object")
     peer_stable = raw.get("stable")
     if not isinstance(peer_stable, int) or isinstance(peer_stable, bool):
         peer_stable = None
     merge_clear(store, hlc, decode_clear(raw.get("clear")))
-    ours = store.digests()
-    differing = diff_buckets(ours, raw.get("digests"))
-    if not differing:
-        return RepairResult(0, 0, 0, 0, True, peer_stable)
-    # One exchange for every differing bucket, both sides reading and merging in one step each,
-    # so that a transaction repaired here (its keys spread over many buckets) appears whole. Our
-    # digests go along: the peer adds the buckets that changed on its side since (see
-    # antientropy.exchange_reply).
-    mine = store.entries_in_buckets(differing)
-    ts, node = store.clear_version
-    body = orjson.dumps(
-        {
-            "buckets": differing,
-            "clear": [ts, node],
-            "entries": encode_entries(mine),
-            "digests": ours,
-        }
-    )
-    reply = loads(await client.request("POST", address, EXCHANGE_PATH, body, within))
-    if not isinstance(reply, dict):
-        raise DecodeError("exchange reply must be an object")
-    theirs = decode_entries(reply.get("entries"))
-    clear = decode_clear(reply.get("clear"))
+    their_root, their_seq = _int_field(raw, "root"), _int_field(raw, "seq")
+    start = store.seq  # what changes here from now on goes along whole (merkle.py)
+    if their_root == merkle.root_hash(store):
+        return RepairResult(0, 0, 0, 0, True, peer_stable, peer.bytes, peer.requests)
+    frontier = [0]
+    for level in range(LEAF_LEVEL):
+        body = merkle.encode_descend(level, frontier, merkle.child_hashes(store, level, frontier))
+        frontier = merkle.differing_children(
+            level, frontier, await peer.request("POST", merkle.DESCEND_PATH, body)
+        )
+        if not frontier:
+            break
+    # Our part, read in one step: the differing leaves and every leaf changed since we began.
+    leaves = set(frontier).union(store.changed_leaves(start))
+    found = store.leaf_entries(leaves)
+    mine = {leaf: found.get(leaf, []) for leaf in sorted(leaves)}
+    body = merkle.encode_summaries(their_seq, store.clear_version, mine)
+    reply = loads(await peer.request("POST", merkle.RECONCILE_PATH, body))
+    clear, theirs, want = merkle.decode_reconcile(reply)
     merge_clear(store, hlc, clear)
     applied, refused_here = merge_entries(store, hlc, theirs)
-    refused_there = reply.get("refused", 0)
-    complete = refused_here == 0 and refused_there == 0
-    return RepairResult(len(differing), len(mine), len(theirs), applied, complete, peer_stable)
+    give = [m for entries in mine.values() for m in entries if merkle.key_hash(m.key) in want]
+    refused_there = 0
+    if give:
+        body = orjson.dumps({"entries": encode_entries(give)})
+        answer = loads(await peer.request("POST", merkle.GIVE_PATH, body))
+        count = answer.get("refused") if isinstance(answer, dict) else None
+        if not isinstance(count, int):
+            raise DecodeError("a give reply has the number of entries refused")
+        refused_there = count
+    return RepairResult(
+        len(leaves),
+        len(give),
+        len(theirs),
+        applied,
+        refused_here == 0 and refused_there == 0,
+        peer_stable,
+        peer.bytes,
+        peer.requests,
+    )
 
 
 async def peer_purged_max(client: PeerTransport, address: str, within: float = 10.0) -> int:
@@ -170,7 +208,7 @@ class CatchUp:
     received: int  # entries it received
     dropped: int = 0  # entries it dropped first (full only)
     purged: int = 0  # the peer's newest purged tombstone
-    repaired_buckets: int = 0  # buckets the anti-entropy round after it exchanged
+    repaired_leaves: int = 0  # leaves the anti-entropy round after it found different
 
     def as_dict(self) -> dict[str, object]:
         return {"full": self.full, "received": self.received, "dropped": self.dropped}
@@ -184,7 +222,7 @@ class CatchUp:
             )
         return (
             f"caught up: {self.received} entries newer than {covered} or in the "
-            f"{self.repaired_buckets} buckets anti-entropy found different"
+            f"{self.repaired_leaves} leaves anti-entropy found different"
         )
 
 

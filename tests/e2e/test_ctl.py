@@ -151,7 +151,7 @@ STATUS: dict[str, Any] = {
             "last_repair": {
                 "at": 1_700_000_000.0,
                 "peer": "node3",
-                "buckets": 3,
+                "leaves": 3,
                 "sent": 4,
                 "received": 2,
                 "applied": 1,
@@ -175,7 +175,7 @@ def test_status_formatting(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = time.strftime("%H:%M:%S", time.localtime(1_700_000_000.0))
     row = lines[7].split()
     assert row[:9] == ["node1", "42", "12.3", "1.50", "7", "(failing:", "node2)", "900", "0"]
-    assert lines[7].endswith(f"{clock} with node3: 3 buckets, sent 4, got 2, applied 1")
+    assert lines[7].endswith(f"{clock} with node3: 3 leaves, sent 4, got 2, applied 1")
     assert lines[8].startswith("node2  unreachable: timed out xxx")
     assert lines[8].endswith("...")
     assert len(lines[8].split("unreachable: ")[1]) == 60

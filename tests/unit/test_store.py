@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cluster.core.digests import bucket_of
 from cluster.core.patterns import compile_pattern
-from cluster.core.store import ZERO, Mutation, Store, Version, bucket_of
+from cluster.core.store import ZERO, Mutation, Store, Version
 
 NOW = 1_700_000_000.0
 FAR = 10**9  # a limit larger than any test's key count
