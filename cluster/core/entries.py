@@ -14,7 +14,8 @@ ZERO: Version = (0, "")
 
 
 class Entry:
-    """One stored version of a key. Slots keep it at 64 bytes: no per-entry dict."""
+    """One stored version of a key, as the store hands it out: built from its record on each
+    read (the store keeps one flat bytes object a key, see store.py)."""
 
     __slots__ = ("expires", "node", "ts", "value")
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import gc
 import heapq
+import struct
 import sys
 import zlib
 from array import array
@@ -57,12 +58,22 @@ from cluster.core.patterns import Pattern
 
 __all__ = ["ZERO", "ChangeSink", "Entry", "Mutation", "Store", "StoreStats", "Version"]
 
+# A stored entry is one bytes object, its record: this head, the expiry (a double) if the flags
+# say so, then the value's UTF-8. One flat object costs 80 bytes a key less than a value string
+# plus an Entry (and the cyclic collector never visits it); readers get an Entry built from it.
+_HEAD = struct.Struct("<QIB")  # timestamp, the writer's index in the store's node table, flags
+_EXPIRES = struct.Struct("<d")
+_FLAGS = 12  # the flags' offset in the record
+_GONE, _EXPIRING = 1, 2  # a tombstone; an expiry follows the head
+
 
 class Store:
     """Keys to versioned entries, with LWW merge, tombstones, a range tombstone and TTL."""
 
     def __init__(self) -> None:
-        self._buckets: list[dict[str, Entry]] = [{} for _ in range(DIGEST_BUCKETS)]
+        self._buckets: list[dict[str, bytes]] = [{} for _ in range(DIGEST_BUCKETS)]
+        self._nodes: list[str] = []  # the writers' names, by their index in records
+        self._node_ids: dict[str, int] = {}
         self._count = 0
         self._keys: SortedList = SortedList()
         self._fresh: set[str] = set()  # stored keys not yet in `_keys` (see the invariants)
@@ -97,24 +108,52 @@ class Store:
 
     def get(self, key: str, now: float) -> Entry | None:
         """The live entry for `key`, or None if missing, deleted or expired."""
-        entry = self._buckets[bucket_of(key)].get(key)
-        if entry is None or entry.value is None:
+        record = self._buckets[bucket_of(key)].get(key)
+        if record is None or record[_FLAGS] & _GONE:
             return None
+        entry = self._entry(record)
         if entry.expires is not None and entry.expires <= now:
             return None
         return entry
 
     def entry(self, key: str) -> Entry | None:
         """The stored entry, tombstones and expired ones included (replication and tests)."""
-        return self._buckets[bucket_of(key)].get(key)
+        record = self._buckets[bucket_of(key)].get(key)
+        return None if record is None else self._entry(record)
 
     def _lookup(self, key: str) -> Entry:
-        return self._buckets[bucket_of(key)][key]
+        return self._entry(self._buckets[bucket_of(key)][key])
 
     def stored_items(self) -> Iterator[tuple[str, Entry]]:
         """Every stored (key, entry), tombstones included, in no particular order."""
         for bucket in self._buckets:
-            yield from bucket.items()
+            for key, record in bucket.items():
+                yield key, self._entry(record)
+
+    def _entry(self, record: bytes) -> Entry:
+        ts, node, flags = _HEAD.unpack_from(record)
+        expires, start = None, _HEAD.size
+        if flags & _EXPIRING:
+            (expires,) = _EXPIRES.unpack_from(record, start)
+            start += _EXPIRES.size
+        value = None if flags & _GONE else record[start:].decode("utf-8", "surrogatepass")
+        return Entry(value, ts, self._nodes[node], expires)
+
+    def _record(self, value: str | None, ts: int, node: str, expires: float | None) -> bytes:
+        index = self._node_ids.get(node)
+        if index is None:
+            index = self._node_ids[node] = len(self._nodes)
+            self._nodes.append(sys.intern(node))
+        flags = _GONE if value is None else 0
+        if expires is None:
+            head = _HEAD.pack(ts, index, flags)
+        else:
+            head = _HEAD.pack(ts, index, flags | _EXPIRING) + _EXPIRES.pack(expires)
+        return head if value is None else head + value.encode("utf-8", "surrogatepass")
+
+    def _version(self, record: bytes) -> Version:
+        ts, node, _ = _HEAD.unpack_from(record)
+        return ts, self._nodes[node]
 
     def __len__(self) -> int:
         return self._count - len(self._tombstones)
@@ -242,9 +281,10 @@ class Store:
         out: dict[int, list[Mutation]] = {}
         crc32 = zlib.crc32
         for b in sorted({leaf & (DIGEST_BUCKETS - 1) for leaf in wanted}):
-            for k, e in self._buckets[b].items():
+            for k, record in self._buckets[b].items():
                 leaf = crc32(k.encode("utf-8", "surrogatepass")) & LEAF_MASK
                 if leaf in wanted:
+                    e = self._entry(record)
                     out.setdefault(leaf, []).append(Mutation(k, e.value, e.ts, e.node, e.expires))
         return out
 
@@ -269,11 +309,13 @@ class Store:
         old = data.get(key)
         change = mixed_hash(key_crc, ts, node)
         if old is not None:
-            if ts < old.ts or (ts == old.ts and node <= old.node):
+            old_ts, old_node, old_flags = _HEAD.unpack_from(old)
+            old_name = self._nodes[old_node]
+            if ts < old_ts or (ts == old_ts and node <= old_name):
                 return False  # an equal or newer version is already here
-            if old.value is None and value is not None:
+            if old_flags & _GONE and value is not None:
                 self._tombstones.discard(key)
-            change ^= mixed_hash(key_crc, old.ts, old.node)
+            change ^= mixed_hash(key_crc, old_ts, old_name)
         else:
             self._fresh.add(key)
             self._count += 1
@@ -284,7 +326,7 @@ class Store:
         self._leaf_seq[leaf] = self._bucket_seq[bucket] = self._seq
         if value is None:
             self._tombstones.add(key)
-        data[key] = Entry(value, ts, sys.intern(node), expires)
+        data[key] = self._record(value, ts, node, expires)
         if expires is not None:
             heapq.heappush(self._expiry_heap, (expires, key))
         if self.sink is not None:
@@ -306,7 +348,12 @@ class Store:
         self._clear = (ts, sys.intern(node))
         if self.sink is not None:
             self.sink.clear(ts, node)
-        survivors = {k: e for k, e in self.stored_items() if (e.ts, e.node) > version}
+        survivors = {
+            k: record
+            for bucket in self._buckets
+            for k, record in bucket.items()
+            if self._version(record) > version
+        }
         self._digests = [0] * DIGEST_BUCKETS
         self._leaves = new_leaves()
         self._seq += 1
@@ -320,13 +367,14 @@ class Store:
             self._tombstones = set()
             self._expiry_heap = []
             return True
-        for k, e in survivors.items():
-            self._buckets[bucket_of(k)][k] = e
-            self._toggle(k, e)
+        for k, record in survivors.items():
+            self._buckets[bucket_of(k)][k] = record
+            self._toggle(k, record)
         self._keys = SortedList(survivors)
         self._fresh = set()
-        self._tombstones = {k for k, e in survivors.items() if e.value is None}
-        self._expiry_heap = [(e.expires, k) for k, e in survivors.items() if e.expires is not None]
+        self._tombstones = {k for k, record in survivors.items() if record[_FLAGS] & _GONE}
+        entries = [(k, self._entry(r)) for k, r in survivors.items() if r[_FLAGS] & _EXPIRING]
+        self._expiry_heap = [(e.expires, k) for k, e in entries if e.expires is not None]
         heapq.heapify(self._expiry_heap)
         return True
 
@@ -343,10 +391,11 @@ class Store:
         while heap and done < budget and heap[0][0] <= now:
             expires, key = heapq.heappop(heap)
             data = self._buckets[bucket_of(key)]
-            entry = data.get(key)
+            record = data.get(key)
+            entry = None if record is None else self._entry(record)
             if entry is None or entry.value is None or entry.expires != expires:
                 continue  # rewritten or deleted since: a stale heap item
-            data[key] = Entry(None, entry.ts, entry.node, None)
+            data[key] = self._record(None, entry.ts, entry.node, None)
             self._tombstones.add(key)
             done += 1
         return done
@@ -359,10 +408,10 @@ class Store:
         for key in self._tombstones:
             if len(doomed) >= budget:
                 break
-            entry = self._buckets[bucket_of(key)][key]
-            if entry.ts < watermark:
+            ts = self._version(self._buckets[bucket_of(key)][key])[0]
+            if ts < watermark:
                 doomed.append(key)
-                self.purged_max = max(self.purged_max, entry.ts)
+                self.purged_max = max(self.purged_max, ts)
         self._forget(doomed)
         return len(doomed)
 
@@ -373,7 +422,9 @@ class Store:
         purged since (see Lifecycle.sync): it keeps only what is newer, and streams the rest
         from a peer again.
         """
-        doomed = [k for k, e in self.stored_items() if e.ts <= ts]
+        doomed = [
+            k for bucket in self._buckets for k, r in bucket.items() if self._version(r)[0] <= ts
+        ]
         self._forget(doomed)
         return len(doomed)
 
@@ -389,10 +440,10 @@ class Store:
         if self.sink is not None and (keys or self._purged_below):
             self.sink.dropped(keys, self._purged_below, self.purged_max)
 
-    def _toggle(self, key: str, entry: Entry) -> None:
-        """Add `entry`'s version to the tree's hashes, or take it out (XOR both ways)."""
+    def _toggle(self, key: str, record: bytes) -> None:
+        """Add a record's version to the tree's hashes, or take it out (XOR both ways)."""
         crc = key_crc(key)
-        change = mixed_hash(crc, entry.ts, entry.node)
+        change = mixed_hash(crc, *self._version(record))
         self._digests[crc & (DIGEST_BUCKETS - 1)] ^= change
         self._leaves[crc & LEAF_MASK] ^= change
         self._seq += 1
@@ -422,7 +473,7 @@ class Store:
             raise ValueError("restore needs an empty store")
         buckets, digests, leaves = self._buckets, self._digests, self._leaves
         tombstones, heap = self._tombstones, self._expiry_heap
-        intern = sys.intern
+        record = self._record
         keys: list[str] = []
         # A million new objects would run the cyclic collector dozens of times for nothing:
         # entries hold no cycles.
@@ -432,8 +483,7 @@ class Store:
             for key, value, ts, node, expires in entries:
                 key_crc = zlib.crc32(key.encode("utf-8", "surrogatepass"))
                 b = key_crc & (DIGEST_BUCKETS - 1)
-                node = intern(node)
-                buckets[b][key] = Entry(value, ts, node, expires)
+                buckets[b][key] = record(value, ts, node, expires)
                 change = mixed_hash(key_crc, ts, node)
                 digests[b] ^= change
                 leaves[key_crc & LEAF_MASK] ^= change
@@ -450,7 +500,7 @@ class Store:
         heapq.heapify(heap)
         self._keys = SortedList(keys)  # a linear pass when the copy comes in key order
         self._count = len(keys)
-        self._clear = (clear[0], intern(clear[1]))
+        self._clear = (clear[0], sys.intern(clear[1]))
         self._purged_below = purged_below
         self.purged_max = purged_max
         return len(keys)
