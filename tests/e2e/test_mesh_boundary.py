@@ -1,7 +1,7 @@
 """The mesh boundary under bad input: real node.py processes on loopback, attacked from outside.
 
 - Garbage, truncated, stale (replayed) and maximum-size datagrams on the gossip UDP port, and bad
-  bodies on the node-to-node routes (/internal/replicate, /internal/ae/exchange,
+  bodies on the node-to-node routes (/internal/replicate, the repair routes /internal/ae/...,
   /internal/snapshot, /internal/gossip/pushpull): dropped or refused, counted in /metrics, and the
   node keeps serving with its membership and data unchanged.
 - With --cluster-key nothing unauthenticated changes membership or data, and nothing leaks.
@@ -268,11 +268,14 @@ BAD_BODIES = [
     b'{"v": 1, "from": "x", "stable": 0, "batches": [["ts", "x", false, []]]}',
     b'{"v": 1, "from": "x", "stable": 0, "batches": [[1, "x", false, [[7, "v", null]]]]}',
     b"[1, 2, 3]",
-    b'{"buckets": [99999], "clear": [0, ""], "entries": []}',
+    b'{"entries": [["k"]], "clear": [0, ""]}',
 ]
 
 
-@pytest.mark.parametrize("path", ["/internal/replicate", "/internal/ae/exchange"])
+@pytest.mark.parametrize(
+    "path",
+    ["/internal/replicate", "/internal/ae/descend", "/internal/ae/reconcile", "/internal/ae/give"],
+)
 def test_malformed_replication_bodies_are_refused_counted_and_change_nothing(
     plain: Pair, path: str
 ) -> None:
@@ -303,7 +306,7 @@ def test_oversized_bodies_are_refused_with_413(plain: Pair) -> None:
     # The peer routes cap what they read before authenticating: a body announced past the cap
     # is refused at once, before a byte of it is read.
     cap = getattr(internal_api, "MAX_INTERNAL_BODY", MAX_PUSH_PULL)
-    for path in ("/internal/replicate", "/internal/ae/exchange"):
+    for path in ("/internal/replicate", "/internal/ae/reconcile", "/internal/ae/give"):
         answer = _declared_length_answer(a, path, cap + 1)
         assert answer.startswith(b"HTTP/1.1 413"), (path, answer[:200])
         assert b"BODY_TOO_LARGE" in answer
@@ -406,12 +409,13 @@ def test_with_a_cluster_key_unauthenticated_requests_neither_write_nor_read(keye
         }
     ).encode()
     wrong = auth.signature("not-the-key", "POST", "/internal/replicate", write)
-    exchange = json.dumps({"buckets": list(range(1024)), "clear": [0, ""], "entries": []}).encode()
+    give = json.dumps({"entries": [["evil", "1", 1 << 16, "x", None]]}).encode()
     attempts = [
         ("POST", "/internal/replicate", write, {}),
         ("POST", "/internal/replicate", write, {auth.HEADER: wrong}),
         ("POST", "/internal/replicate", write, {auth.HEADER: "00" * 32}),
-        ("POST", "/internal/ae/exchange", exchange, {}),
+        ("POST", "/internal/ae/give", give, {}),
+        ("POST", "/internal/ae/descend", bytes([0]) + bytes(36), {}),
         ("GET", "/internal/ae/digests", None, {}),
         ("GET", "/internal/snapshot?limit=10", None, {}),
         ("POST", "/internal/replicate", b"garbage", {}),
