@@ -606,9 +606,10 @@ def main(argv: list[str] | None = None) -> int:
             "\n".join(bench_database.bench_database(args.duration, args.rounds)), "\n", flush=True
         )
     if "mesh" in sections:
-        from loadtest import bench_mesh  # imports this module: late, to avoid a cycle
+        from loadtest import bench_mesh, bench_peers  # import this module: late, no cycle
 
         for section in (
+            bench_peers.bench_peer_client(args.rounds),
             bench_mesh.bench_writes(args.duration, args.rounds),
             bench_mesh.bench_lag(),
             bench_mesh.bench_detection(),
