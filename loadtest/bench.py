@@ -16,6 +16,13 @@
   each) on one node, quiet, beside 1,000 idle HTTP and 1,000 idle line-protocol connections and 5
   slowloris clients, and under a flood of garbage datagrams on the gossip port; p50/p99/max.
   (tests/e2e/test_mesh_boundary.py checks only that such clients are answered.)
+- Mesh: the sender's CPU for one node-to-node request against aiohttp's client
+  (loadtest/bench_peers.py), a 3-node mesh's write rate against a single node, replication
+  lag, failure detection and a 1,000,000-key join against a redis-server replica
+  (loadtest/bench_mesh.py).
+- Repair: two nodes of 1,000,000 keys diverged by 1 % and 0.01 % during a partition; the bytes
+  and seconds to converge after the heal, against the bytes of the differing entries
+  (loadtest/bench_repair.py).
 - Database: one node over a private PostgreSQL (`--store`), SET and GET with wrk, against pgbench
   running the node's own statements with the same concurrency, and the node in memory mode
   (loadtest/bench_database.py; about 2 min; needs PostgreSQL, which make install-system installs).
