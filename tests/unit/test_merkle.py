@@ -235,3 +235,41 @@ def test_bad_bodies_are_refused_with_the_reason() -> None:
         merkle.reconcile_reply(store, HybridClock(FakeClock(NOW).wall), truncated)
     with pytest.raises(DecodeError, match="want"):
         merkle.decode_reconcile({"clear": [0, ""], "entries": [], "want": "***"})
+
+
+Op = tuple[str, int, str | None, str]  # key, at (ms), value or a delete, writer
+
+ops = st.lists(
+    st.tuples(
+        st.sampled_from([f"k{i}" for i in range(40)]),
+        st.integers(min_value=1, max_value=500),
+        st.one_of(st.none(), st.text(max_size=5)),
+        st.sampled_from(["a", "b", "c"]),
+    ),
+    max_size=60,
+)
+
+
+@given(ops, ops, ops)
+def test_a_round_makes_two_replicas_equal_to_the_merge_of_both(
+    shared: list[Op], only_a: list[Op], only_b: list[Op]
+) -> None:
+    """Whatever each side holds, one round leaves both with exactly what merging every write
+    into one store gives: the tree finds every difference, in both directions."""
+    clock = FakeClock(NOW)
+    a, b, merged = Replica("a", clock), Replica("b", clock), Replica("m", clock)
+    base = int(NOW * 1000) << 16
+    for replicas, writes in (
+        ((a, b, merged), shared),
+        ((a, merged), only_a),
+        ((b, merged), only_b),
+    ):
+        for key, at, value, writer in writes:
+            for r in replicas:
+                r.store.apply(key, value, base + (at << 16), writer)
+    result = repair(a, Wire(b))
+    assert result.complete
+    want = sorted((k, e.value, e.ts, e.node) for k, e in merged.store.stored_items())
+    for r in (a, b):
+        assert sorted((k, e.value, e.ts, e.node) for k, e in r.store.stored_items()) == want
+        assert r.store.tree()[0] == merged.store.tree()[0]
