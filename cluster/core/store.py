@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import gc
 import heapq
-import struct
 import sys
 import zlib
 from array import array
@@ -55,16 +54,9 @@ from cluster.core.digests import (
 )
 from cluster.core.entries import ZERO, ChangeSink, Entry, Mutation, StoreStats, Version
 from cluster.core.patterns import Pattern
+from cluster.core.records import EXPIRING, FLAGS, GONE, HEAD, Records
 
 __all__ = ["ZERO", "ChangeSink", "Entry", "Mutation", "Store", "StoreStats", "Version"]
-
-# A stored entry is one bytes object, its record: this head, the expiry (a double) if the flags
-# say so, then the value's UTF-8. One flat object costs 80 bytes a key less than a value string
-# plus an Entry (and the cyclic collector never visits it); readers get an Entry built from it.
-_HEAD = struct.Struct("<QIB")  # timestamp, the writer's index in the store's node table, flags
-_EXPIRES = struct.Struct("<d")
-_FLAGS = 12  # the flags' offset in the record
-_GONE, _EXPIRING = 1, 2  # a tombstone; an expiry follows the head
 
 
 class Store:
@@ -72,8 +64,7 @@ class Store:
 
     def __init__(self) -> None:
         self._buckets: list[dict[str, bytes]] = [{} for _ in range(DIGEST_BUCKETS)]
-        self._nodes: list[str] = []  # the writers' names, by their index in records
-        self._node_ids: dict[str, int] = {}
+        self._records = Records()  # each entry is one bytes record (records.py)
         self._count = 0
         self._keys: SortedList = SortedList()
         self._fresh: set[str] = set()  # stored keys not yet in `_keys` (see the invariants)
@@ -109,9 +100,9 @@ class Store:
     def get(self, key: str, now: float) -> Entry | None:
         """The live entry for `key`, or None if missing, deleted or expired."""
         record = self._buckets[bucket_of(key)].get(key)
-        if record is None or record[_FLAGS] & _GONE:
+        if record is None or record[FLAGS] & GONE:
             return None
-        entry = self._entry(record)
+        entry = self._records.entry(record)
         if entry.expires is not None and entry.expires <= now:
             return None
         return entry
@@ -119,41 +110,16 @@ class Store:
     def entry(self, key: str) -> Entry | None:
         """The stored entry, tombstones and expired ones included (replication and tests)."""
         record = self._buckets[bucket_of(key)].get(key)
-        return None if record is None else self._entry(record)
+        return None if record is None else self._records.entry(record)
 
     def _lookup(self, key: str) -> Entry:
-        return self._entry(self._buckets[bucket_of(key)][key])
+        return self._records.entry(self._buckets[bucket_of(key)][key])
 
     def stored_items(self) -> Iterator[tuple[str, Entry]]:
         """Every stored (key, entry), tombstones included, in no particular order."""
         for bucket in self._buckets:
             for key, record in bucket.items():
-                yield key, self._entry(record)
-
-    def _entry(self, record: bytes) -> Entry:
-        ts, node, flags = _HEAD.unpack_from(record)
-        expires, start = None, _HEAD.size
-        if flags & _EXPIRING:
-            (expires,) = _EXPIRES.unpack_from(record, start)
-            start += _EXPIRES.size
-        value = None if flags & _GONE else record[start:].decode("utf-8", "surrogatepass")
-        return Entry(value, ts, self._nodes[node], expires)
-
-    def _record(self, value: str | None, ts: int, node: str, expires: float | None) -> bytes:
-        index = self._node_ids.get(node)
-        if index is None:
-            index = self._node_ids[node] = len(self._nodes)
-            self._nodes.append(sys.intern(node))
-        flags = _GONE if value is None else 0
-        if expires is None:
-            head = _HEAD.pack(ts, index, flags)
-        else:
-            head = _HEAD.pack(ts, index, flags | _EXPIRING) + _EXPIRES.pack(expires)
-        return head if value is None else head + value.encode("utf-8", "surrogatepass")
-
-    def _version(self, record: bytes) -> Version:
-        ts, node, _ = _HEAD.unpack_from(record)
-        return ts, self._nodes[node]
+                yield key, self._records.entry(record)
 
     def __len__(self) -> int:
         return self._count - len(self._tombstones)
@@ -284,7 +250,7 @@ class Store:
             for k, record in self._buckets[b].items():
                 leaf = crc32(k.encode("utf-8", "surrogatepass")) & LEAF_MASK
                 if leaf in wanted:
-                    e = self._entry(record)
+                    e = self._records.entry(record)
                     out.setdefault(leaf, []).append(Mutation(k, e.value, e.ts, e.node, e.expires))
         return out
 
@@ -309,11 +275,11 @@ class Store:
         old = data.get(key)
         change = mixed_hash(key_crc, ts, node)
         if old is not None:
-            old_ts, old_node, old_flags = _HEAD.unpack_from(old)
-            old_name = self._nodes[old_node]
+            old_ts, old_node, old_flags = HEAD.unpack_from(old)
+            old_name = self._records.names[old_node]
             if ts < old_ts or (ts == old_ts and node <= old_name):
                 return False  # an equal or newer version is already here
-            if old_flags & _GONE and value is not None:
+            if old_flags & GONE and value is not None:
                 self._tombstones.discard(key)
             change ^= mixed_hash(key_crc, old_ts, old_name)
         else:
@@ -326,7 +292,7 @@ class Store:
         self._leaf_seq[leaf] = self._bucket_seq[bucket] = self._seq
         if value is None:
             self._tombstones.add(key)
-        data[key] = self._record(value, ts, node, expires)
+        data[key] = self._records.pack(value, ts, node, expires)
         if expires is not None:
             heapq.heappush(self._expiry_heap, (expires, key))
         if self.sink is not None:
@@ -352,7 +318,7 @@ class Store:
             k: record
             for bucket in self._buckets
             for k, record in bucket.items()
-            if self._version(record) > version
+            if self._records.version(record) > version
         }
         self._digests = [0] * DIGEST_BUCKETS
         self._leaves = new_leaves()
@@ -372,8 +338,8 @@ class Store:
             self._toggle(k, record)
         self._keys = SortedList(survivors)
         self._fresh = set()
-        self._tombstones = {k for k, record in survivors.items() if record[_FLAGS] & _GONE}
-        entries = [(k, self._entry(r)) for k, r in survivors.items() if r[_FLAGS] & _EXPIRING]
+        self._tombstones = {k for k, record in survivors.items() if record[FLAGS] & GONE}
+        entries = [(k, self._records.entry(r)) for k, r in survivors.items() if r[FLAGS] & EXPIRING]
         self._expiry_heap = [(e.expires, k) for k, e in entries if e.expires is not None]
         heapq.heapify(self._expiry_heap)
         return True
@@ -392,10 +358,10 @@ class Store:
             expires, key = heapq.heappop(heap)
             data = self._buckets[bucket_of(key)]
             record = data.get(key)
-            entry = None if record is None else self._entry(record)
+            entry = None if record is None else self._records.entry(record)
             if entry is None or entry.value is None or entry.expires != expires:
                 continue  # rewritten or deleted since: a stale heap item
-            data[key] = self._record(None, entry.ts, entry.node, None)
+            data[key] = self._records.pack(None, entry.ts, entry.node, None)
             self._tombstones.add(key)
             done += 1
         return done
@@ -408,7 +374,7 @@ class Store:
         for key in self._tombstones:
             if len(doomed) >= budget:
                 break
-            ts = self._version(self._buckets[bucket_of(key)][key])[0]
+            ts = self._records.version(self._buckets[bucket_of(key)][key])[0]
             if ts < watermark:
                 doomed.append(key)
                 self.purged_max = max(self.purged_max, ts)
@@ -423,7 +389,10 @@ class Store:
         from a peer again.
         """
         doomed = [
-            k for bucket in self._buckets for k, r in bucket.items() if self._version(r)[0] <= ts
+            k
+            for bucket in self._buckets
+            for k, r in bucket.items()
+            if self._records.version(r)[0] <= ts
         ]
         self._forget(doomed)
         return len(doomed)
@@ -443,7 +412,7 @@ class Store:
     def _toggle(self, key: str, record: bytes) -> None:
         """Add a record's version to the tree's hashes, or take it out (XOR both ways)."""
         crc = key_crc(key)
-        change = mixed_hash(crc, *self._version(record))
+        change = mixed_hash(crc, *self._records.version(record))
         self._digests[crc & (DIGEST_BUCKETS - 1)] ^= change
         self._leaves[crc & LEAF_MASK] ^= change
         self._seq += 1
@@ -473,7 +442,7 @@ class Store:
             raise ValueError("restore needs an empty store")
         buckets, digests, leaves = self._buckets, self._digests, self._leaves
         tombstones, heap = self._tombstones, self._expiry_heap
-        record = self._record
+        record = self._records.pack
         keys: list[str] = []
         # A million new objects would run the cyclic collector dozens of times for nothing:
         # entries hold no cycles.
