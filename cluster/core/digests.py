@@ -50,13 +50,9 @@ def node_crc(node: str) -> int:
     return zlib.crc32(node.encode("utf-8", "surrogatepass"))
 
 
-def version_hash(key: str, ts: int, node: str) -> int:
-    """A 63-bit hash of one stored version (key, ts, node); the value is implied by the version."""
-    return mixed_hash(key_crc(key), ts, node)
-
-
 def mixed_hash(crc: int, ts: int, node: str) -> int:
-    """Mix (key, node) checksums with the timestamp through a multiplicative hash.
+    """A 63-bit hash of one stored version (the key's CRC, ts, node; the value is implied by the
+    version): the (key, node) checksums mixed with the timestamp by a multiplicative hash.
 
     On the write path of every request, so it reuses the key's CRC that picks the bucket: a
     third of the cost of a cryptographic hash. It only has to make accidental cancellation of

@@ -15,7 +15,7 @@ ZERO: Version = (0, "")
 
 class Entry:
     """One stored version of a key, as the store hands it out: built from its record on each
-    read (the store keeps one flat bytes object a key, see store.py)."""
+    read (the store keeps one flat bytes object a key, see records.py)."""
 
     __slots__ = ("expires", "node", "ts", "value")
 
