@@ -137,14 +137,18 @@ def differing_children(level: int, parents: list[int], reply: bytes) -> list[int
 
 def encode_summaries(
     since: int, clear: tuple[int, str], by_leaf: dict[int, list[Mutation]]
-) -> bytes:
+) -> tuple[bytes, dict[int, Mutation]]:
+    """A reconcile body, and the summarized entries by key hash (to give what the peer wants)."""
     header = orjson.dumps({"since": since, "clear": list(clear)})
     parts = [_HEADER.pack(len(header)), header]
+    by_hash: dict[int, Mutation] = {}
     for leaf, entries in by_leaf.items():
         parts.append(_LEAF.pack(leaf, len(entries)))
         for m in entries:
-            parts.append(_SUMMARY.pack(key_hash(m.key), m.ts, node_crc(m.node)))
-    return b"".join(parts)
+            khash = key_hash(m.key)
+            by_hash[khash] = m
+            parts.append(_SUMMARY.pack(khash, m.ts, node_crc(m.node)))
+    return b"".join(parts), by_hash
 
 
 def decode_summaries(body: bytes) -> tuple[dict[str, Any], dict[int, dict[int, Summary]]]:
@@ -184,7 +188,7 @@ def reconcile_reply(store: Store, hlc: HybridClock, body: bytes) -> bytes:
     send: list[Mutation] = []
     want: list[int] = []
     for leaf in theirs.keys() | mine.keys():
-        summaries = dict(theirs.get(leaf, {}))
+        summaries = theirs.get(leaf, {})  # decoded for this request: ours to consume
         whole = leaf in mine and leaf not in theirs  # changed here, not summarized there
         for m in mine.get(leaf, ()):
             khash = key_hash(m.key)

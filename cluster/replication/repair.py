@@ -104,12 +104,12 @@ async def repair_with(
     leaves = set(frontier).union(store.changed_leaves(start))
     found = store.leaf_entries(leaves)
     mine = {leaf: found.get(leaf, []) for leaf in sorted(leaves)}
-    body = merkle.encode_summaries(their_seq, store.clear_version, mine)
+    body, summarized = merkle.encode_summaries(their_seq, store.clear_version, mine)
     reply = loads(await peer.request("POST", merkle.RECONCILE_PATH, body))
     clear, theirs, want = merkle.decode_reconcile(reply)
     merge_clear(store, hlc, clear)
     applied, refused_here = merge_entries(store, hlc, theirs)
-    give = [m for entries in mine.values() for m in entries if merkle.key_hash(m.key) in want]
+    give = [summarized[h] for h in want if h in summarized]
     refused_there = 0
     if give:
         body = orjson.dumps({"entries": encode_entries(give)})
