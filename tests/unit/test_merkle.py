@@ -259,12 +259,16 @@ def test_a_round_makes_two_replicas_equal_to_the_merge_of_both(
     clock = FakeClock(NOW)
     a, b, merged = Replica("a", clock), Replica("b", clock), Replica("m", clock)
     base = int(NOW * 1000) << 16
+    # One version is one write everywhere (an HLC never stamps two writes of a node alike): the
+    # first value drawn for a (key, ts, writer) is the one every replica gets.
+    written: dict[tuple[str, int, str], str | None] = {}
     for replicas, writes in (
         ((a, b, merged), shared),
         ((a, merged), only_a),
         ((b, merged), only_b),
     ):
         for key, at, value, writer in writes:
+            value = written.setdefault((key, at, writer), value)
             for r in replicas:
                 r.store.apply(key, value, base + (at << 16), writer)
     result = repair(a, Wire(b))
